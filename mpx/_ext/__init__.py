@@ -1,0 +1,1 @@
+"""Compiled mechanism of mpx (built from cython_src/ by setup.py)."""
