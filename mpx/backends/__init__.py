@@ -1,0 +1,162 @@
+"""The backend registry: which backends exist, what they provide, which is used.
+
+A backend is one or more modules in this package (one per mechanism: the
+"posix" backend has its message queues in ``posix_mq`` and its shared memory
+in ``posix_shm``). A module provides some of the object families below as
+module-level factory functions with the family's name, called as
+``module.Queue(ctx, *args, serializer=..., **kwargs)`` where ``ctx`` is the
+mpx context asking (for the start method and the stdlib context) and
+``serializer`` is an ``mpx._serial.Serializer``. It lists them in
+``FAMILIES`` and may define ``unavailable()`` returning a reason string when
+it cannot work on this machine (``None`` when it can).
+
+Backends never import each other; only this registry knows them all.
+"""
+
+import importlib
+import os
+import sys
+import types
+
+__all__ = ["FAMILIES", "BACKENDS", "PREFERENCE", "backends", "resolve", "default_backend"]
+
+# The object families, in the order the docs list them.
+FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue",
+            "Pipe", "SharedArray", "Manager")
+
+# name -> (one line for the table, its modules). Add a line when a backend lands.
+BACKENDS = {
+    "shm": ("shared-memory ring buffer (Cython), spin-then-futex waits",
+            ("mpx.backends.shm", "mpx.backends.shm_manager")),
+    "pipe": ("OS pipes: the stdlib's objects with mpx's serializer",
+             ("mpx.backends.pipe",)),
+    "posix": ("POSIX message queues and shared memory (posix_ipc)",
+              ("mpx.backends.posix_mq", "mpx.backends.posix_shm")),
+    "sysv": ("SysV message queues and shared memory (sysv_ipc)",
+             ("mpx.backends.sysv_mq", "mpx.backends.sysv_shm")),
+    "file": ("mmap of a file path (survives a reboot)",
+             ("mpx.backends.file",)),
+    "unix": ("Manager RPC over unix-domain sockets",
+             ("mpx.backends.unix",)),
+    "tcp": ("Manager RPC over TCP (optionally TLS)",
+            ("mpx.backends.tcp",)),
+}
+
+# Fastest first: a family's default is the first available backend here that
+# provides it.
+PREFERENCE = {
+    "Queue": ("shm", "pipe", "posix", "sysv"),
+    "SimpleQueue": ("shm", "pipe", "posix", "sysv"),
+    "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
+    "PriorityQueue": ("shm", "posix", "sysv"),
+    "Pipe": ("shm", "pipe", "fifo"),
+    "SharedArray": ("posix", "sysv", "file"),
+    "Manager": ("shm", "unix", "tcp", "pipe"),
+}
+
+ENV_VAR = "MPX_BACKEND"
+
+_loaded = {}
+
+
+def _load_module(modname):
+    """(module or None, reason it is unavailable or None)."""
+    if modname not in _loaded:
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                result = (None, "not built yet in this version of mpx")
+            else:
+                result = (None, f"needs the module {e.name!r}, which is not installed")
+        except ImportError as e:
+            result = (None, f"failed to import: {e}")
+        else:
+            check = getattr(module, "unavailable", None)
+            reason = check() if check is not None else None
+            result = (None, reason) if reason else (module, None)
+        _loaded[modname] = result
+    return _loaded[modname]
+
+
+def _modules(name):
+    """[(module or None, reason)] for every module of backend `name`."""
+    return [_load_module(m) for m in BACKENDS[name][1]]
+
+
+def _module_for(name, family):
+    """The module of backend `name` that makes `family`, or None."""
+    for module, _ in _modules(name):
+        if module is not None and family in module.FAMILIES:
+            return module
+    return None
+
+
+def _provides(name):
+    return tuple(f for f in FAMILIES if _module_for(name, f) is not None)
+
+
+def backends():
+    """The registry as a list of rows, one per known backend:
+    ``{"name", "available", "reason", "families", "description"}``."""
+    rows = []
+    for name, (description, _) in BACKENDS.items():
+        families = _provides(name)
+        reasons = [r for _, r in _modules(name) if r]
+        rows.append({
+            "name": name,
+            "available": bool(families),
+            "reason": "; ".join(reasons) or None,
+            "families": families,
+            "description": description,
+        })
+    return rows
+
+
+def _choices(family):
+    return [n for n in BACKENDS if family in _provides(n)]
+
+
+def default_backend(family):
+    """The backend `family` uses when none is named: $MPX_BACKEND if it
+    provides the family, otherwise the fastest available one."""
+    forced = os.environ.get(ENV_VAR)
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={forced!r} is not an mpx backend; "
+                             f"choose one of {sorted(BACKENDS)}")
+        if family in _provides(forced):
+            return forced
+    for name in PREFERENCE[family]:
+        if name in BACKENDS and family in _provides(name):
+            return name
+    raise ValueError(f"no available backend provides {family} in this build of mpx; "
+                     f"see mpx.backends() for what each backend offers")
+
+
+def resolve(family, backend=None):
+    """Return ``(name, module)`` of the backend that makes `family` objects."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown object family {family!r}")
+    name = default_backend(family) if backend is None else backend
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} for {family}; choose one of "
+                         f"{_choices(family)} (all backends: {sorted(BACKENDS)})")
+    module = _module_for(name, family)
+    if module is None:
+        reasons = "; ".join(r for _, r in _modules(name) if r)
+        why = f"is not available here ({reasons})" if reasons else f"does not provide {family}"
+        raise ValueError(f"backend {name!r} {why}; {family} can use {_choices(family)}")
+    return name, module
+
+
+class _CallableRegistry(types.ModuleType):
+    """``mpx.backends`` is this package AND the function users call:
+    ``mpx.backends()`` returns the table, ``mpx.backends.resolve`` etc. stay
+    reachable, and ``import mpx.backends`` keeps working."""
+
+    def __call__(self):
+        return backends()
+
+
+sys.modules[__name__].__class__ = _CallableRegistry

@@ -1,0 +1,175 @@
+"""Backend "pipe": the stdlib's pipe-based objects, speaking mpx's serializer.
+
+Semantics are exactly ``multiprocessing``'s because the objects ARE the
+stdlib's (subclasses): the same locks, semaphores, feeder thread and
+inheritance rules. The only change is what goes down the pipe: each object is
+serialized by the mpx serializer in the caller's own ``put``/``send``, so
+
+- an object that cannot be serialized raises from ``put`` itself (the stdlib
+  raises it later, in the feeder thread, and the item is lost), and
+- lambdas and closures travel (cloudpickle fallback).
+
+The feeder thread then only moves ready-made bytes, and the stdlib flushes it
+at process exit, so nothing that ``put`` accepted is lost there.
+"""
+
+import multiprocessing.connection as _mpc
+import multiprocessing.queues as _mpq
+import os
+import socket
+
+from multiprocessing import reduction
+
+FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
+
+
+class _Serialized:
+    """Mixin for the queue classes: (de)serialize around the stdlib's put/get.
+
+    The stdlib pickles what it is given; given bytes, that is one cheap
+    framing step, so the queue machinery below stays untouched.
+    """
+
+    def _set_serializer(self, serializer):
+        self._serializer = serializer
+
+    def put(self, obj, block=True, timeout=None):
+        super().put(self._serializer.dumps(obj), block, timeout)
+
+    def get(self, block=True, timeout=None):
+        return self._serializer.loads(super().get(block, timeout))
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every object of `objs`, in order (all are serialized first, so
+        an unserializable one raises before anything is enqueued)."""
+        for data in [self._serializer.dumps(o) for o in objs]:
+            super().put(data, block, timeout)
+
+    def get_many(self, max_items=None, block=True, timeout=None):
+        """Wait like :meth:`get` for the first item, then take what else is
+        ready, up to `max_items`."""
+        items = [self.get(block, timeout)]
+        while max_items is None or len(items) < max_items:
+            try:
+                items.append(self.get(False))
+            except _mpq.Empty:
+                break
+        return items
+
+    def __getstate__(self):
+        return super().__getstate__(), self._serializer
+
+    def __setstate__(self, state):
+        base, self._serializer = state
+        super().__setstate__(base)
+
+
+class PipeQueue(_Serialized, _mpq.Queue):
+    """``multiprocessing.Queue`` with mpx serialization."""
+
+
+class PipeJoinableQueue(_Serialized, _mpq.JoinableQueue):
+    """``multiprocessing.JoinableQueue`` with mpx serialization."""
+
+
+class PipeSimpleQueue(_mpq.SimpleQueue):
+    """``multiprocessing.SimpleQueue`` with mpx serialization."""
+
+    def put(self, obj):
+        data = self._serializer.dumps(obj)
+        with self._wlock:    # never None on POSIX
+            self._writer.send_bytes(data)
+
+    def get(self):
+        with self._rlock:
+            data = self._reader.recv_bytes()
+        return self._serializer.loads(data)
+
+    def put_many(self, objs):
+        """Put every object of `objs` in order, serialized before any is sent."""
+        for data in [self._serializer.dumps(o) for o in objs]:
+            with self._wlock:
+                self._writer.send_bytes(data)
+
+    def __getstate__(self):
+        return super().__getstate__(), self._serializer
+
+    def __setstate__(self, state):
+        base, self._serializer = state
+        super().__setstate__(base)
+
+
+def Queue(ctx, maxsize=0, *, serializer):
+    q = PipeQueue(maxsize, ctx=ctx.stdlib_context())
+    q._set_serializer(serializer)
+    return q
+
+
+def JoinableQueue(ctx, maxsize=0, *, serializer):
+    q = PipeJoinableQueue(maxsize, ctx=ctx.stdlib_context())
+    q._set_serializer(serializer)
+    return q
+
+
+def SimpleQueue(ctx, *, serializer):
+    q = PipeSimpleQueue(ctx=ctx.stdlib_context())
+    q._serializer = serializer
+    return q
+
+
+class PipeConnection(_mpc.Connection):
+    """``multiprocessing.connection.Connection`` with mpx serialization.
+
+    ``send``/``recv`` go through the serializer; ``send_bytes``,
+    ``recv_bytes``, ``poll``, ``fileno`` and friends are the stdlib's, and
+    ``multiprocessing.connection.wait`` accepts it like any connection.
+    """
+
+    _serializer = None
+
+    def send(self, obj):
+        self._check_closed()
+        self._check_writable()
+        self._send_bytes(self._serializer.dumps(obj))
+
+    def recv(self):
+        self._check_closed()
+        self._check_readable()
+        return self._serializer.loads(self._recv_bytes().getbuffer())
+
+
+def _rebuild_connection(dupfd, readable, writable, serializer):
+    conn = PipeConnection(dupfd.detach(), readable, writable)
+    conn._serializer = serializer
+    return conn
+
+
+def _reduce_connection(conn):
+    # DupFd hands the descriptor over correctly whether the connection goes
+    # to a child being spawned or, later, through a queue to any process.
+    dupfd = reduction.DupFd(conn.fileno())
+    return _rebuild_connection, (dupfd, conn.readable, conn.writable, conn._serializer)
+
+
+reduction.register(PipeConnection, _reduce_connection)
+# mpx's serializer uses plain pickle first, which reads copyreg, not
+# ForkingPickler's private table.
+import copyreg  # noqa: E402
+copyreg.pickle(PipeConnection, _reduce_connection)
+
+
+def Pipe(ctx, duplex=True, *, serializer):
+    if duplex:
+        s1, s2 = socket.socketpair()
+        s1.setblocking(True)
+        s2.setblocking(True)
+        ends = [(s1.detach(), True, True), (s2.detach(), True, True)]
+    else:
+        r, w = os.pipe()
+        ends = [(r, True, False), (w, False, True)]
+    conns = []
+    for fd, readable, writable in ends:
+        conn = PipeConnection(fd, readable, writable)
+        conn._serializer = serializer
+        conns.append(conn)
+    return tuple(conns)

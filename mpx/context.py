@@ -1,0 +1,172 @@
+"""mpx's contexts: the stdlib's, with factories that take ``backend=``.
+
+``mpx.get_context(method)`` returns an :class:`MpxContext` for 'fork',
+'spawn' or 'forkserver'. It is a subclass of the stdlib's context for that
+method, so ``Process``, ``Lock``, ``Value``, ``Pool``, ... are exactly the
+stdlib's, while ``Queue``, ``SimpleQueue``, ``JoinableQueue``,
+``PriorityQueue``, ``Pipe``, ``SharedArray`` and ``Manager`` ask the backend
+registry. The context is the one seam between the public surface and the
+backends.
+
+The default context shares its start method with the stdlib's default
+context (``mpx.set_start_method`` is ``multiprocessing.set_start_method``),
+so a program that mixes ``mpx`` and ``multiprocessing`` never disagrees with
+itself about how processes start.
+
+Names this module does not define are looked up in
+``multiprocessing.context``, so ``from mpx.context import X`` works for
+every X the stdlib module has.
+"""
+
+import multiprocessing
+import multiprocessing.context as _std
+
+from . import _serial
+from . import backends as _registry
+
+__all__ = ["MpxContext", "MpxDefaultContext", "get_context", "default_context"]
+
+
+class _MpxFactories:
+    """The families mpx implements, as methods of an mpx context."""
+
+    def _make(self, family, backend, serializer, args, kwargs):
+        name, module = _registry.resolve(family, backend)
+        return getattr(module, family)(self, *args,
+                                       serializer=_serial.get_serializer(serializer),
+                                       **kwargs)
+
+    def Queue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
+        """A FIFO queue between processes (``multiprocessing.Queue`` API)."""
+        return self._make("Queue", backend, serializer, (maxsize,), kwargs)
+
+    def SimpleQueue(self, *, backend=None, serializer=None, **kwargs):
+        """An unbounded FIFO queue (``multiprocessing.SimpleQueue`` API)."""
+        return self._make("SimpleQueue", backend, serializer, (), kwargs)
+
+    def JoinableQueue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
+        """A Queue with ``task_done``/``join``."""
+        return self._make("JoinableQueue", backend, serializer, (maxsize,), kwargs)
+
+    def PriorityQueue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
+        """A queue whose ``get`` returns the highest priority first."""
+        return self._make("PriorityQueue", backend, serializer, (maxsize,), kwargs)
+
+    def Pipe(self, duplex=True, *, backend=None, serializer=None, **kwargs):
+        """A pair of connections (``multiprocessing.Pipe`` API)."""
+        return self._make("Pipe", backend, serializer, (duplex,), kwargs)
+
+    def SharedArray(self, shape, dtype=float, *, backend=None, **kwargs):
+        """A numpy array in shared memory (see :class:`mpx.sharedarray.SharedArray`)."""
+        from .sharedarray import SharedArray
+        return SharedArray(shape, dtype, backend=backend, **kwargs)
+
+    def Manager(self, *, backend=None, serializer=None, **kwargs):
+        """A started manager (``multiprocessing.Manager()`` API)."""
+        return self._make("Manager", backend, serializer, (), kwargs)
+
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+        """The stdlib's Pool. It runs on the stdlib context of the same start
+        method, because its internals reach into the stdlib's queue objects."""
+        from multiprocessing.pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild,
+                    context=self.stdlib_context())
+
+    def backends(self):
+        """The registry table: see :func:`mpx.backends.backends`."""
+        return _registry.backends()
+
+
+class MpxContext(_MpxFactories):
+    """Base of the per-start-method contexts below."""
+
+    def stdlib_context(self):
+        """The stdlib context with the same start method."""
+        return multiprocessing.get_context(self._name)
+
+    def get_context(self, method=None):
+        if method is None:
+            return self
+        return get_context(method)
+
+    def __repr__(self):
+        return f"<mpx context {self._name!r}>"
+
+    def __reduce__(self):
+        return (get_context, (self._name,))
+
+
+class ForkContext(MpxContext, _std.ForkContext):
+    pass
+
+
+class SpawnContext(MpxContext, _std.SpawnContext):
+    pass
+
+
+class ForkServerContext(MpxContext, _std.ForkServerContext):
+    pass
+
+
+_CONTEXTS = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+class MpxDefaultContext(_MpxFactories, _std.BaseContext):
+    """The context behind ``mpx.Queue`` & co: it follows the stdlib's default
+    start method, which ``set_start_method`` sets for both."""
+
+    _name = None
+
+    def _actual(self):
+        return _CONTEXTS[multiprocessing.get_start_method()]
+
+    def get_context(self, method=None):
+        if method is None:
+            return self._actual()
+        try:
+            return _CONTEXTS[method]
+        except KeyError:
+            raise ValueError(f"cannot find context for {method!r}; "
+                             f"choose one of {sorted(_CONTEXTS)}") from None
+
+    def stdlib_context(self):
+        return self._actual().stdlib_context()
+
+    def get_start_method(self, allow_none=False):
+        return multiprocessing.get_start_method(allow_none)
+
+    def set_start_method(self, method, force=False):
+        multiprocessing.set_start_method(method, force)
+
+    def get_all_start_methods(self):
+        return multiprocessing.get_all_start_methods()
+
+    @property
+    def Process(self):
+        return multiprocessing.Process
+
+    def _make(self, family, backend, serializer, args, kwargs):
+        return self._actual()._make(family, backend, serializer, args, kwargs)
+
+    def __repr__(self):
+        return "<mpx default context>"
+
+
+default_context = MpxDefaultContext()
+
+
+def get_context(method=None):
+    """An mpx context for `method` ('fork', 'spawn', 'forkserver'), or the
+    default start method's when None."""
+    return default_context.get_context(method)
+
+
+def __getattr__(name):
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(f"module 'mpx.context' has no attribute {name!r}") from None
