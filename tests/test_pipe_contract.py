@@ -1,0 +1,209 @@
+"""The Pipe/Connection contract, written once, run over every Pipe backend
+and the stdlib ("stdlib") as the oracle, under every start method."""
+
+import array
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import backends_for
+
+BACKENDS = ["stdlib"] + backends_for("Pipe")
+
+
+def make(ctx, backend, duplex=True):
+    if backend == "stdlib":
+        return ctx.stdlib_context().Pipe(duplex)
+    return ctx.Pipe(duplex, backend=backend)
+
+
+def closing(*conns):
+    for c in conns:
+        c.close()
+
+
+def echo(conn, parent_end):
+    parent_end.close()    # under fork the child holds it too; EOF needs every copy closed
+    while True:
+        try:
+            obj = conn.recv()
+        except EOFError:
+            break
+        conn.send(obj(21) if callable(obj) else obj)
+    conn.close()
+
+
+def send_then_die(conn):
+    conn.send("last words")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_send_recv_both_ways(ctx, backend):
+    a, b = make(ctx, backend)
+    for obj in (1, "two", (3,), {"four": 4}, b"5" * 70_000, None):
+        a.send(obj)
+        assert b.recv() == obj
+        b.send(obj)
+        assert a.recv() == obj
+    closing(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_simplex_pipe(ctx, backend):
+    r, w = make(ctx, backend, duplex=False)
+    assert r.readable and not r.writable and w.writable and not w.readable
+    w.send("x")
+    assert r.recv() == "x"
+    with pytest.raises(OSError):
+        r.send("wrong way")
+    with pytest.raises(OSError):
+        w.recv()
+    closing(r, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bytes_api(ctx, backend):
+    a, b = make(ctx, backend)
+    a.send_bytes(b"hello world", 6)
+    assert b.recv_bytes() == b"world"
+    a.send_bytes(b"hello world", 0, 5)
+    assert b.recv_bytes() == b"hello"
+    a.send_bytes(memoryview(b"abcdef")[1:4])
+    buf = bytearray(10)
+    assert b.recv_bytes_into(buf, 2) == 3
+    assert buf[2:5] == b"bcd"
+    a.send_bytes(array.array("i", [1, 2, 3]))
+    assert b.recv_bytes() == array.array("i", [1, 2, 3]).tobytes()
+    with pytest.raises(ValueError):
+        a.send_bytes(b"abc", 4)
+    with pytest.raises(ValueError):
+        a.send_bytes(b"abc", 1, 5)
+    with pytest.raises(ValueError):
+        a.send_bytes(b"abc", -1)
+    closing(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recv_bytes_maxlength_spoils_the_connection(ctx, backend):
+    a, b = make(ctx, backend)
+    a.send_bytes(b"x" * 100)
+    with pytest.raises(OSError):
+        b.recv_bytes(10)
+    # The stream is out of step now: the stdlib stops reading from a duplex
+    # end (readable becomes False) and closes a read-only one.
+    assert b.closed or not b.readable
+    with pytest.raises(OSError):
+        b.recv_bytes()
+    r, w = make(ctx, backend, duplex=False)
+    w.send_bytes(b"x" * 100)
+    with pytest.raises(OSError):
+        r.recv_bytes(10)
+    assert r.closed
+    with pytest.raises(ValueError):
+        a.recv_bytes(-1)
+    closing(r, w)
+    closing(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_poll(ctx, backend):
+    a, b = make(ctx, backend)
+    assert not b.poll()
+    t = time.monotonic()
+    assert not b.poll(0.2)
+    assert 0.15 < time.monotonic() - t < 5
+    a.send(1)
+    assert b.poll(5)
+    assert b.recv() == 1
+    closing(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eof_after_peer_closes(ctx, backend):
+    a, b = make(ctx, backend)
+    a.send("pending")
+    a.close()
+    assert b.recv() == "pending"      # data first...
+    with pytest.raises(EOFError):     # ...then EOF
+        b.recv()
+    b.close()
+    with pytest.raises(OSError):
+        b.send(1)
+    assert b.closed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_child_at_start_and_killed_peer(ctx, backend):
+    a, b = make(ctx, backend)
+    p = ctx.Process(target=send_then_die, args=(b,))
+    p.start()
+    b.close()
+    assert a.recv() == "last words"
+    with pytest.raises(EOFError):
+        if a.poll(30):
+            a.recv()
+        else:
+            raise AssertionError("no EOF within 30 s of the peer's death")
+    p.join(30)
+    a.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_echo_through_a_child(ctx, backend):
+    a, b = make(ctx, backend)
+    p = ctx.Process(target=echo, args=(b, a))
+    p.start()
+    b.close()
+    for obj in range(50):
+        a.send(obj)
+        assert a.recv() == obj
+    a.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("backend", backends_for("Pipe"))
+def test_lambda_travels_and_unpicklable_sends_nothing(ctx, backend):
+    a, b = make(ctx, backend)
+    p = ctx.Process(target=echo, args=(b, a))
+    p.start()
+    b.close()
+    k = 21
+    a.send(lambda x: x + k)
+    assert a.recv() == 42
+    with pytest.raises(TypeError, match="lock"):
+        a.send(threading.Lock())
+    a.send("still fine")
+    assert a.recv() == "still fine"
+    a.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_on_a_mix_of_objects(ctx, backend):
+    from mpx.connection import wait
+    a, b = make(ctx, backend)
+    c, d = ctx.stdlib_context().Pipe()
+    assert wait([b, d], timeout=0.1) == []
+    a.send(1)
+    assert wait([b, d], timeout=5) == [b]
+    p = ctx.Process(target=time.sleep, args=(0.1,))
+    p.start()
+    ready = wait([d, p.sentinel], timeout=30)
+    assert ready == [p.sentinel]
+    p.join(5)
+    closing(a, b, c, d)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_context_manager(ctx, backend):
+    a, b = make(ctx, backend)
+    with a, b:
+        a.send(1)
+        assert b.recv() == 1
+    assert a.closed and b.closed

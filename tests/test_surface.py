@@ -1,0 +1,88 @@
+"""The drop-in surface: `import mpx as multiprocessing` must keep programs working."""
+
+import importlib
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import mpx
+
+# Names mpx implements itself; every other public name must be the stdlib's
+# own object.
+MPX_OWN = {"Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Manager", "get_context"}
+
+
+def test_every_stdlib_public_name_is_reachable():
+    missing = [n for n in multiprocessing.__all__ if not hasattr(mpx, n)]
+    assert not missing, f"mpx lacks {missing}"
+    assert set(multiprocessing.__all__) <= set(mpx.__all__)
+    for extra in ("PriorityQueue", "SharedArray", "backends"):
+        assert extra in mpx.__all__
+
+
+@pytest.mark.parametrize("name", sorted(multiprocessing.__all__))
+def test_name_is_mpx_where_mpx_has_one_else_stdlib(name):
+    ours, theirs = getattr(mpx, name), getattr(multiprocessing, name)
+    if name in MPX_OWN:
+        assert ours.__func__ is not theirs.__func__
+        assert ours.__self__ is mpx.context.default_context
+    else:
+        assert ours is theirs
+
+
+@pytest.mark.parametrize("sub", ["connection", "managers", "pool", "shared_memory",
+                                 "sharedctypes", "queues", "context", "synchronize",
+                                 "util", "process", "reduction", "dummy", "heap"])
+def test_submodules_import(sub):
+    mod = importlib.import_module(f"mpx.{sub}")
+    std = importlib.import_module(f"multiprocessing.{sub}")
+    # Every public name of the stdlib submodule is reachable through mpx's.
+    names = getattr(std, "__all__", [n for n in vars(std) if not n.startswith("_")])
+    missing = [n for n in names if not hasattr(mod, n)]
+    assert not missing, f"mpx.{sub} lacks {missing}"
+    assert getattr(mpx, sub) is mod
+
+
+def test_stdlib_submodules_are_the_same_objects():
+    import mpx.pool
+    import mpx.shared_memory
+    import mpx.dummy.connection
+    assert mpx.pool is multiprocessing.pool
+    assert mpx.shared_memory.SharedMemory is multiprocessing.shared_memory.SharedMemory
+    assert mpx.dummy.connection is sys.modules["multiprocessing.dummy.connection"]
+    # ...without their identity being rewritten.
+    assert multiprocessing.pool.__spec__.name == "multiprocessing.pool"
+
+
+def test_get_context():
+    for method in ("fork", "spawn", "forkserver"):
+        ctx = mpx.get_context(method)
+        assert ctx.get_start_method() == method
+        assert isinstance(ctx, type(multiprocessing.get_context(method)))
+        assert ctx.Process is multiprocessing.get_context(method).Process
+        assert ctx.get_context() is ctx
+    with pytest.raises(ValueError, match="fork"):
+        mpx.get_context("teleport")
+    assert mpx.get_context().get_start_method() == multiprocessing.get_start_method()
+
+
+def test_set_start_method_is_shared_with_the_stdlib():
+    code = textwrap.dedent("""
+        import mpx, multiprocessing
+        mpx.set_start_method("spawn")
+        assert multiprocessing.get_start_method() == "spawn"
+        assert mpx.get_start_method() == "spawn"
+        assert mpx.get_context().get_start_method() == "spawn"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_import_does_not_pull_in_numpy():
+    code = "import sys, mpx; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
