@@ -95,6 +95,20 @@ def _describe_failure(obj, errors):
     return f"cannot serialize object of type {what} ({tried})"
 
 
+def _explain_missing_main_attribute(error):
+    """A function or class defined in the sender's ``__main__`` only under
+    ``if __name__ == "__main__":`` travels by reference (as with the stdlib)
+    and does not exist in a spawned child or an unrelated process. Say how to
+    send it by value instead of leaving a bare AttributeError."""
+    text = str(error)
+    if "__mp_main__" in text or "'__main__'" in text:
+        raise AttributeError(
+            f"{text}: the sender's object lives in its __main__ module, which this "
+            "process does not have. Define it at the top level of the main module "
+            "(outside `if __name__ == '__main__':`) or pass serializer='cloudpickle' "
+            "to send functions and classes by value") from error
+
+
 def _cloudpickle():
     try:
         import cloudpickle
@@ -141,11 +155,21 @@ class PickleSerializer(Serializer):
                 errors.append((how, e))
         raise SerializationError(_describe_failure(obj, errors)) from first
 
-    loads = staticmethod(pickle.loads)
+    @staticmethod
+    def loads(data, _loads=pickle.loads):
+        try:
+            return _loads(data)
+        except AttributeError as e:
+            _explain_missing_main_attribute(e)
+            raise
 
     @staticmethod
     def loads_oob(data, buffers, _loads=pickle.loads):
-        return _loads(data, buffers=buffers)
+        try:
+            return _loads(data, buffers=buffers)
+        except AttributeError as e:
+            _explain_missing_main_attribute(e)
+            raise
 
 
 class CloudpickleSerializer(PickleSerializer):

@@ -121,3 +121,23 @@ def test_stdlib_connection_pickles_as_a_descriptor_handle():
     finally:
         a.close()
         b.close()
+
+
+def run_main_function(serializer):
+    import os
+    import subprocess
+    import sys
+    prog = os.path.join(os.path.dirname(__file__), "programs", "main_function.py")
+    out = subprocess.run([sys.executable, prog, serializer], capture_output=True,
+                         text=True, timeout=110)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_main_only_function_under_spawn_gets_a_helpful_error():
+    out = run_main_function("pickle")
+    assert out.startswith("error") and "serializer='cloudpickle'" in out, out
+
+
+def test_main_only_function_travels_by_value_with_cloudpickle():
+    assert run_main_function("cloudpickle") == "ok 6"
