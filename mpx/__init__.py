@@ -19,7 +19,7 @@ import importlib.util
 import multiprocessing as _mp
 import sys
 
-from . import context as _context
+from . import connection, context as _context, queues
 from . import backends   # callable: mpx.backends() is the table
 from ._serial import SerializationError
 

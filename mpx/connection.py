@@ -25,6 +25,12 @@ def Pipe(duplex=True, *, backend=None, serializer=None, **kwargs):
     return _default.Pipe(duplex, backend=backend, serializer=serializer, **kwargs)
 
 
+def unlink_fifo(path):
+    """Remove the named FIFO pair at `path` (see ``mpx.Pipe(backend="fifo")``)."""
+    from .backends import resolve
+    resolve("Pipe", "fifo")[1].unlink(path)
+
+
 def __getattr__(name):
     try:
         return getattr(_std, name)

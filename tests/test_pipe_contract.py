@@ -44,7 +44,8 @@ def send_then_die(conn):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_send_recv_both_ways(ctx, backend):
     a, b = make(ctx, backend)
-    for obj in (1, "two", (3,), {"four": 4}, b"5" * 70_000, None):
+    # (in one process, a message must fit the kernel buffer: 64 KiB for a pipe)
+    for obj in (1, "two", (3,), {"four": 4}, b"5" * 50_000, None):
         a.send(obj)
         assert b.recv() == obj
         b.send(obj)
@@ -207,3 +208,27 @@ def test_context_manager(ctx, backend):
         a.send(1)
         assert b.recv() == 1
     assert a.closed and b.closed
+
+
+def use_connection_from_queue(q):
+    conn = q.get(timeout=30)
+    conn.send(conn.recv() * 2)
+    conn.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_connection_sent_later_through_a_queue(ctx, backend):
+    a, b = make(ctx, backend)
+    q = ctx.stdlib_context().Queue() if backend == "stdlib" else ctx.Queue()
+    p = ctx.Process(target=use_connection_from_queue, args=(q,))
+    p.start()                  # the child exists before the connection is sent
+    q.put(b)
+    a.send(21)
+    assert a.poll(30) and a.recv() == 42
+    p.join(30)
+    assert p.exitcode == 0
+    # (Closed only now: the stdlib's feeder thread pickles b after put returns.)
+    closing(a, b)
+    if backend == "stdlib":
+        q.close()
+        q.join_thread()

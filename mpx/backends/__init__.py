@@ -30,6 +30,8 @@ BACKENDS = {
             ("mpx.backends.shm", "mpx.backends.shm_manager")),
     "pipe": ("OS pipes: the stdlib's objects with mpx's serializer",
              ("mpx.backends.pipe",)),
+    "fifo": ("named pipes (mkfifo) that unrelated processes open by path",
+             ("mpx.backends.fifo",)),
     "posix": ("POSIX message queues and shared memory (posix_ipc)",
               ("mpx.backends.posix_mq", "mpx.backends.posix_shm")),
     "sysv": ("SysV message queues and shared memory (sysv_ipc)",

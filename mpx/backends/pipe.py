@@ -13,12 +13,11 @@ The feeder thread then only moves ready-made bytes, and the stdlib flushes it
 at process exit, so nothing that ``put`` accepted is lost there.
 """
 
-import multiprocessing.connection as _mpc
 import multiprocessing.queues as _mpq
 import os
 import socket
 
-from multiprocessing import reduction
+from ._conn import SerializedConnection
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
 
@@ -117,47 +116,6 @@ def SimpleQueue(ctx, *, serializer):
     return q
 
 
-class PipeConnection(_mpc.Connection):
-    """``multiprocessing.connection.Connection`` with mpx serialization.
-
-    ``send``/``recv`` go through the serializer; ``send_bytes``,
-    ``recv_bytes``, ``poll``, ``fileno`` and friends are the stdlib's, and
-    ``multiprocessing.connection.wait`` accepts it like any connection.
-    """
-
-    _serializer = None
-
-    def send(self, obj):
-        self._check_closed()
-        self._check_writable()
-        self._send_bytes(self._serializer.dumps(obj))
-
-    def recv(self):
-        self._check_closed()
-        self._check_readable()
-        return self._serializer.loads(self._recv_bytes().getbuffer())
-
-
-def _rebuild_connection(dupfd, readable, writable, serializer):
-    conn = PipeConnection(dupfd.detach(), readable, writable)
-    conn._serializer = serializer
-    return conn
-
-
-def _reduce_connection(conn):
-    # DupFd hands the descriptor over correctly whether the connection goes
-    # to a child being spawned or, later, through a queue to any process.
-    dupfd = reduction.DupFd(conn.fileno())
-    return _rebuild_connection, (dupfd, conn.readable, conn.writable, conn._serializer)
-
-
-reduction.register(PipeConnection, _reduce_connection)
-# mpx's serializer uses plain pickle first, which reads copyreg, not
-# ForkingPickler's private table.
-import copyreg  # noqa: E402
-copyreg.pickle(PipeConnection, _reduce_connection)
-
-
 def Pipe(ctx, duplex=True, *, serializer):
     if duplex:
         s1, s2 = socket.socketpair()
@@ -167,9 +125,5 @@ def Pipe(ctx, duplex=True, *, serializer):
     else:
         r, w = os.pipe()
         ends = [(r, True, False), (w, False, True)]
-    conns = []
-    for fd, readable, writable in ends:
-        conn = PipeConnection(fd, readable, writable)
-        conn._serializer = serializer
-        conns.append(conn)
-    return tuple(conns)
+    return tuple(SerializedConnection(fd, readable, writable, serializer=serializer)
+                 for fd, readable, writable in ends)

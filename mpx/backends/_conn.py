@@ -1,0 +1,92 @@
+"""What descriptor-based connection backends (pipe, fifo) share.
+
+Not a backend: a base class. A :class:`SerializedConnection` is the stdlib's
+``multiprocessing.connection.Connection`` (its framing, bounds checks,
+``poll``, ``recv_bytes(maxlength)`` rules and ``wait`` support) whose
+``send``/``recv`` run mpx's serializer in the caller, and which may read and
+write through two different descriptors (a FIFO pair has one per direction).
+
+Pickling hands the descriptors over with the stdlib's ``DupFd``, which works
+both for a child being spawned and, later, through any queue or pipe.
+"""
+
+import copyreg
+import multiprocessing.connection as _mpc
+import os
+
+from multiprocessing import reduction
+
+__all__ = ["SerializedConnection"]
+
+
+class SerializedConnection(_mpc.Connection):
+    """A stdlib Connection speaking mpx's serializer.
+
+    `handle` is the descriptor read from (and written to, unless
+    `write_handle` names another one).
+    """
+
+    def __init__(self, handle, readable=True, writable=True, *, serializer,
+                 write_handle=None):
+        super().__init__(handle, readable, writable)
+        self._serializer = serializer
+        self._write_handle = write_handle
+
+    def send(self, obj):
+        self._check_closed()
+        self._check_writable()
+        self._send_bytes(self._serializer.dumps(obj))
+
+    def recv(self):
+        self._check_closed()
+        self._check_readable()
+        return self._serializer.loads(self._recv_bytes().getbuffer())
+
+    def _send(self, buf, write=os.write):
+        if self._write_handle is None:
+            return super()._send(buf, write)
+        # The stdlib's loop writes to self._handle; do the same to the
+        # write-side descriptor.
+        remaining = len(buf)
+        while remaining:
+            n = write(self._write_handle, buf)
+            remaining -= n
+            buf = buf[n:]
+
+    def _close(self, _close=os.close):
+        if self._write_handle is not None:
+            _close(self._write_handle)
+            self._write_handle = None
+        super()._close(_close)
+
+    def __reduce__(self):
+        self._check_closed()
+        read = reduction.DupFd(self.fileno())
+        write = None if self._write_handle is None else reduction.DupFd(self._write_handle)
+        return (_rebuild, (type(self), read, write, self.readable, self.writable,
+                           self._serializer, self._reduce_extra()))
+
+    def _reduce_extra(self):
+        """Extra state a subclass carries across processes (a dict)."""
+        return {}
+
+    def _rebuild_extra(self, extra):
+        pass
+
+
+def _rebuild(cls, read, write, readable, writable, serializer, extra):
+    conn = cls(read.detach(), readable, writable, serializer=serializer,
+               write_handle=None if write is None else write.detach())
+    conn._rebuild_extra(extra)
+    return conn
+
+
+def _reduce(conn):
+    return conn.__reduce__()
+
+
+# The stdlib pickles Process arguments with ForkingPickler, whose table
+# knows the stdlib Connection; register ours (subclasses included) so its
+# __reduce__ wins there too.
+reduction.register(SerializedConnection, _reduce)
+copyreg.pickle(SerializedConnection, _reduce)
