@@ -10,6 +10,12 @@ mpx context asking (for the start method and the stdlib context) and
 ``FAMILIES`` and may define ``unavailable()`` returning a reason string when
 it cannot work on this machine (``None`` when it can).
 
+Two families are built above the backends instead: ``SharedArray`` (the
+class in ``mpx.sharedarray`` uses the segment API its backend modules share)
+and ``Manager`` (``mpx.managers`` uses the transport its backend modules
+share). Their modules list the family in ``FAMILIES`` but have no factory,
+since a backend must never import the layer above it.
+
 Backends never import each other; only this registry knows them all.
 """
 
