@@ -1,25 +1,33 @@
 """The mpx command line: ``python -m mpx {bench,ls,rm} ...``."""
 
 import argparse
+import importlib
 import sys
+
+# command -> (module that implements it, one line of help). Each module has
+# add_<command>_arguments(parser) and run_<command>(args); only the chosen
+# command's module is imported, so one command's trouble never breaks another.
+COMMANDS = {
+    "bench": ("mpx._bench", "compare mpx with multiprocessing, faster-fifo, pyzmq, ..."),
+    "ls": ("mpx._objects", "list the named mpx objects on this machine"),
+    "rm": ("mpx._objects", "remove named mpx objects"),
+}
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m mpx",
                                      description="mpx: fast multiprocessing")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {}
-    for name, module, summary in (
-            ("bench", "mpx._bench", "compare mpx with multiprocessing, faster-fifo, pyzmq, ..."),
-            ("ls", "mpx._objects", "list the named mpx objects on this machine"),
-            ("rm", "mpx._objects", "remove named mpx objects")):
-        import importlib
-        mod = importlib.import_module(module)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
-        getattr(mod, f"add_{name}_arguments")(p)
-        commands[name] = getattr(mod, f"run_{name}")
+        if name == chosen:
+            mod = importlib.import_module(module)
+            getattr(mod, f"add_{name}_arguments")(p)
+            p.set_defaults(run=getattr(mod, f"run_{name}"))
     args = parser.parse_args(argv)
-    return commands[args.command](args) or 0
+    return args.run(args) or 0
 
 
 if __name__ == "__main__":

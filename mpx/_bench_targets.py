@@ -1,0 +1,61 @@
+"""The speed targets the issues set, as data.
+
+Each target names a case (a glob over case names), the mpx contender it
+applies to (a glob over contender names), and one requirement:
+
+- ``peer`` + ``at_least``: mpx's speedup over that peer, measured in the same
+  run, is at least this (throughput ratio mpx/peer; for latencies peer/mpx).
+- ``ceiling`` + ``at_least``: mpx's figure is at least this fraction of the
+  machine's ceiling measured in the same run (the ``memcpy`` case).
+- ``at_most``: an absolute bound on mpx's figure, in the case's unit.
+
+The benchmark marks each one met or missed in its table; a target whose
+backend, peer or case did not run in this run says so instead. This module
+lives in the package (not in benchmarks/) so that ``python -m mpx bench``
+finds it from any directory and any kind of install.
+"""
+
+TARGETS = [
+    # Issue 3: the shared-memory ring behind Queue (backend "shm").
+    {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+     "peer": "mp.Queue", "at_least": 5.0},
+    {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+     "peer": "faster-fifo", "at_least": 4.0},
+    {"issue": 3, "case": "queue-small-batch", "mpx": "mpx.Queue[shm]",
+     "peer": "mp.Queue", "at_least": 10.0},
+    {"issue": 3, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
+     "peer": "faster-fifo", "at_least": 1.3},
+    {"issue": 3, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
+     "peer": "faster-fifo", "at_least": 1.3},
+    {"issue": 3, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
+     "ceiling": "memcpy", "at_least": 0.6},
+    {"issue": 3, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
+     "ceiling": "memcpy", "at_least": 0.6},
+    {"issue": 3, "case": "roundtrip", "mpx": "mpx.Queue[shm]",
+     "peer": "mp.Pipe", "at_least": 8.0},
+    {"issue": 3, "case": "queue-small-4to1", "mpx": "mpx.Queue[shm]",
+     "peer": "mp.Queue", "at_least": 3.0},
+    # Issue 4: Pipe backends.
+    {"issue": 4, "case": "roundtrip", "mpx": "mpx.Pipe[shm]",
+     "peer": "mp.Pipe", "at_least": 8.0},
+    {"issue": 4, "case": "pipe-bytes-1MiB", "mpx": "mpx.Pipe[shm]",
+     "peer": "mp.Pipe", "at_least": 10.0},
+    {"issue": 4, "case": "pipe-small", "mpx": "mpx.Pipe[shm]",
+     "peer": "mp.Pipe", "at_least": 4.0},
+    # Issue 5: a SharedArray hand-off costs under a millisecond, whatever its size.
+    {"issue": 5, "case": "sharedarray-*", "mpx": "mpx.SharedArray[*]",
+     "at_most": 1.0},
+    # Issue 6: mpx's posix and sysv queues add at most 20% to the raw calls
+    # plus pickle (time x1.2, so throughput at least 1/1.2 of theirs).
+    {"issue": 6, "case": "queue-small", "mpx": "mpx.Queue[posix]",
+     "peer": "posix_ipc+pickle", "at_least": 1 / 1.2},
+    {"issue": 6, "case": "queue-small", "mpx": "mpx.Queue[sysv]",
+     "peer": "sysv_ipc+pickle", "at_least": 1 / 1.2},
+    # Issue 7: Manager proxy calls per second, one client.
+    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[shm]",
+     "peer": "mp.Manager", "at_least": 8.0},
+    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[unix]",
+     "peer": "mp.Manager", "at_least": 1.5},
+    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[tcp]",
+     "peer": "mp.Manager(tcp)", "at_least": 1.5},
+]
