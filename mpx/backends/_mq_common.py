@@ -1,0 +1,790 @@
+"""What the POSIX and SysV message-queue backends share.
+
+Not a backend (the registry never loads it): the queue API both backends
+present, the message framing, the "tag" segment every queue carries and the
+side segments that carry messages too large for a kernel queue. The backend
+modules (``posix_mq``, ``sysv_mq``) add only what differs: how a kernel queue
+is created, opened, sent to, received from and removed.
+
+Framing
+-------
+The first byte of every kernel message says what it holds:
+
+- ``0x80``: the whole message is the serialized object. Every pickle stream
+  of protocol 2 or later starts with the PROTO opcode 0x80, so what the
+  default serializer produces travels as it is: no copy to add a header on
+  put, none to strip it on get.
+- ``0x00``: the object is ``msg[1:]`` (a serializer whose output starts with
+  another byte).
+- ``0x01``: ``msg[1:]`` is the ASCII suffix ``PID.N`` of a side segment
+  ``/dev/shm/mpx-mqside.<TAG16>.PID.N`` that holds the serialized object. It
+  is used when the object does not fit in one kernel message (POSIX
+  ``mq_msgsize``, SysV ``MSGMAX``). The sender writes the segment completely
+  before it sends the reference, so a sender killed mid-put leaves no half
+  message visible; the receiver unlinks the segment as soon as it has opened
+  it, so the window in which a killed receiver can leave one behind is a few
+  system calls wide, and ``unlink()`` / ``python -m mpx rm`` sweep every
+  segment of the queue by its prefix.
+
+Priorities
+----------
+One range for both backends: ``PRIORITY_MIN`` (0) .. ``PRIORITY_MAX`` (32767,
+POSIX ``MQ_PRIO_MAX - 1`` on Linux). Higher priorities come out first and
+equal priorities come out first-in first-out, on both backends.
+
+The tag
+-------
+A small shared segment beside the kernel queue (a /dev/shm file for POSIX, a
+SysV shared-memory segment with the queue's key for SysV). It says that the
+queue is an mpx queue and of which kind, holds the name it was created with
+(so a SysV key that two names hash to is detected), the limits it was created
+with, the creation state (so an opener never uses a half-made queue), the
+JoinableQueue's unfinished-task counter and, for SysV, the wake-up words that
+let a timed ``get``/``put`` sleep instead of polling.
+"""
+
+import errno
+import hashlib
+import itertools
+import mmap
+import operator
+import os
+import queue
+import re
+import struct
+import time
+import weakref
+
+from .. import _names
+from .._ext.sync import SharedWord
+from .._serial import CloudpickleSerializer, PickleSerializer
+
+__all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
+           "Tag", "SideStore", "MessageQueueBase", "JoinableMixin", "PriorityMixin"]
+
+Empty = queue.Empty
+Full = queue.Full
+
+PRIORITY_MIN = 0
+PRIORITY_MAX = 32767
+
+# A name is at most this many bytes (UTF-8) after its optional leading '/'.
+# NAME_MAX is 255 for mq names and /dev/shm files; the tag file adds a
+# 7-byte prefix, and the margin keeps room for future companions.
+NAME_MAX_BYTES = 200
+
+SHM_DIR = "/dev/shm"
+
+RAW = b"\x80"        # first byte: the message is the serialized object itself
+INLINE = b"\x00"     # first byte: the object follows
+SIDE = b"\x01"       # first byte: the name of a side segment follows
+
+# How long an opener waits for a queue another process is creating (tag in
+# state INIT) or removing (state DEAD) before it reports the problem.
+OPEN_WAIT = 2.0
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def normalize_name(name):
+    """The name without its optional leading '/', after checking the rules:
+    not empty, no other '/', no NUL, not '.' or '..', at most
+    NAME_MAX_BYTES bytes in UTF-8."""
+    if not isinstance(name, str):
+        raise TypeError(f"a queue name must be a str, not {type(name).__name__}")
+    body = name[1:] if name.startswith("/") else name
+    rule = ("queue names are 1 to %d bytes (UTF-8), optionally after one leading "
+            "'/', with no other '/' and no NUL character" % NAME_MAX_BYTES)
+    if not body:
+        raise ValueError(f"queue name {name!r} is empty; {rule}")
+    if "/" in body:
+        raise ValueError(f"queue name {name!r} has a '/' after its first character; {rule}")
+    if "\0" in body:
+        raise ValueError(f"queue name {name!r} contains a NUL character; {rule}")
+    if body in (".", ".."):
+        raise ValueError(f"queue name {name!r} is not allowed; {rule}")
+    try:
+        size = len(body.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"queue name {name!r} cannot be encoded as UTF-8; {rule}") from None
+    if size > NAME_MAX_BYTES:
+        raise ValueError(f"queue name {name[:40]!r}... is {size} bytes long; {rule}")
+    return body
+
+
+def check_priority(priority):
+    """`priority` as an int in PRIORITY_MIN..PRIORITY_MAX, or ValueError."""
+    if type(priority) is not int:
+        if isinstance(priority, bool):
+            raise ValueError(f"priority must be an int from {PRIORITY_MIN} to "
+                             f"{PRIORITY_MAX}, not a bool ({priority!r})")
+        try:
+            priority = operator.index(priority)     # numpy integers and the like
+        except TypeError:
+            raise ValueError(f"priority must be an int from {PRIORITY_MIN} to "
+                             f"{PRIORITY_MAX}, not {type(priority).__name__} "
+                             f"({priority!r})") from None
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(f"priority {priority} is out of range: priorities run from "
+                         f"{PRIORITY_MIN} (lowest) to {PRIORITY_MAX} (highest)")
+    return priority
+
+
+def check_timeout(block, timeout):
+    """The timeout to use: 0 when not blocking, None for ever, else seconds."""
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(timeout)
+
+
+def check_limit(what, value):
+    if value is None:
+        return None
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, not {value}")
+    if value > 0xFFFFFFFF:
+        raise ValueError(f"{what}={value} is too large")
+    return value
+
+
+def check_mode(mode):
+    try:
+        mode = operator.index(mode)
+    except TypeError:
+        raise TypeError(f"mode must be an int such as 0o600, not {type(mode).__name__}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be a permission mode from 0 to 0o777, not {oct(mode)}")
+    return mode
+
+
+def tag16(backend, name):
+    """A short hex id of a queue, for side-segment file names (the name itself
+    may hold '.' and so could not delimit a prefix unambiguously)."""
+    return hashlib.blake2b(f"{backend}:{name}".encode(), digest_size=8).hexdigest()
+
+
+def anonymous_name():
+    return f"mpx-anon.{os.getpid()}.{os.urandom(6).hex()}"
+
+
+def read_int(path, default):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+# ---------------------------------------------------------------------------
+# The tag
+
+MAGIC = b"MPXMQTAG"
+LAYOUT_VERSION = 1
+TAG_SIZE = 4096
+
+# magic, then 14 unsigned 32-bit words; the name follows at byte 64.
+_HDR = struct.Struct("<8s14I")
+OFF_STATE = 12          # u32: INIT, READY or DEAD (futex word: openers wait on it)
+OFF_DATA_SEQ = 16       # u32: bumped by a put that saw sleeping getters (SysV)
+OFF_DATA_WAITERS = 20   # u32: getters sleeping on DATA_SEQ (SysV timed get)
+OFF_SPACE_SEQ = 24      # u32: bumped by a get that saw sleeping putters (SysV)
+OFF_SPACE_WAITERS = 28  # u32: putters sleeping on SPACE_SEQ (SysV timed/bounded put)
+OFF_UNFINISHED = 32     # u32: JoinableQueue tasks put and not yet task_done()
+OFF_NAME = 64           # the queue's name, UTF-8, NAME_LEN bytes
+# Other words (read once at open, never changed): 8 layout version, 36 kind,
+# 40 maxsize, 44 msgsize (largest inline frame), 48 flags, 52 creator pid,
+# 56 name length, 60 reserved.
+
+STATE_INIT, STATE_READY, STATE_DEAD = 0, 1, 2
+FLAG_ANONYMOUS = 1
+
+KIND_FIFO, KIND_JOINABLE, KIND_PRIORITY = 1, 2, 3
+KIND_OF_FAMILY = {"Queue": KIND_FIFO, "SimpleQueue": KIND_FIFO,
+                  "JoinableQueue": KIND_JOINABLE, "PriorityQueue": KIND_PRIORITY}
+FAMILY_OF_KIND = {KIND_FIFO: "Queue", KIND_JOINABLE: "JoinableQueue",
+                  KIND_PRIORITY: "PriorityQueue"}
+
+
+class NotAnMpxQueue(ValueError):
+    """A kernel object exists under the queue's name or key, but it is not an
+    mpx queue (or is one of another layout version)."""
+
+
+class Tag:
+    """The tag segment of one queue, over a writable buffer of TAG_SIZE bytes."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.view = memoryview(buf)
+        # The header as 32-bit words, for the hot paths' plain reads of the
+        # waiter counts (an aligned 32-bit load is atomic; the system call
+        # before it orders it). Index = offset // 4.
+        self.words = self.view.cast("I")
+        self.state = SharedWord(buf, OFF_STATE)
+        self.data_seq = SharedWord(buf, OFF_DATA_SEQ)
+        self.data_waiters = SharedWord(buf, OFF_DATA_WAITERS)
+        self.space_seq = SharedWord(buf, OFF_SPACE_SEQ)
+        self.space_waiters = SharedWord(buf, OFF_SPACE_WAITERS)
+        self.unfinished = SharedWord(buf, OFF_UNFINISHED)
+
+    def init(self, kind, maxsize, msgsize, flags, name):
+        """Write a fresh header (state INIT); the creator publishes it with
+        :meth:`publish` once the kernel queue exists."""
+        raw = name.encode("utf-8")
+        self.view[OFF_NAME:OFF_NAME + len(raw)] = raw
+        self.view[:_HDR.size] = _HDR.pack(MAGIC, LAYOUT_VERSION, STATE_INIT, 0, 0, 0, 0, 0,
+                                          kind, maxsize, msgsize, flags, os.getpid(),
+                                          len(raw), 0)
+
+    def publish(self):
+        self.state.store(STATE_READY)
+        self.state.wake()
+
+    def mark_dead(self):
+        self.state.store(STATE_DEAD)
+        self.state.wake()
+
+    def magic(self):
+        return bytes(self.view[:8])
+
+    def header(self):
+        """The header as a dict; NotAnMpxQueue if the magic or version is wrong."""
+        (magic, version, state, _, _, _, _, unfinished, kind, maxsize, msgsize, flags,
+         creator, name_len, _) = _HDR.unpack(self.view[:_HDR.size])
+        if magic != MAGIC:
+            raise NotAnMpxQueue("its tag segment does not start with mpx's magic number")
+        if version != LAYOUT_VERSION:
+            raise NotAnMpxQueue(f"its tag has layout version {version}; this mpx "
+                                f"reads version {LAYOUT_VERSION}")
+        if name_len > TAG_SIZE - OFF_NAME or kind not in FAMILY_OF_KIND:
+            raise NotAnMpxQueue("its tag segment is corrupt")
+        name = bytes(self.view[OFF_NAME:OFF_NAME + name_len]).decode("utf-8", "replace")
+        return {"state": state, "kind": kind, "family": FAMILY_OF_KIND[kind],
+                "maxsize": maxsize, "msgsize": msgsize, "flags": flags,
+                "anonymous": bool(flags & FLAG_ANONYMOUS), "creator_pid": creator,
+                "name": name, "unfinished": unfinished}
+
+    def wait_settled(self, deadline):
+        """Wait until the creator published the tag (READY) or someone marked it
+        DEAD; returns the state (INIT if `deadline` passed first)."""
+        while True:
+            magic = self.magic()
+            if magic == MAGIC:
+                st = self.state.load()
+                if st != STATE_INIT:
+                    return st
+            elif magic != b"\0" * 8:
+                raise NotAnMpxQueue("its tag segment does not start with mpx's magic number")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return STATE_INIT
+            self.state.wait(STATE_INIT, timeout=min(left, 0.01))
+
+    def release(self):
+        for word in (self.state, self.data_seq, self.data_waiters, self.space_seq,
+                     self.space_waiters, self.unfinished):
+            word.release()
+        self.words.release()
+        self.view.release()
+
+
+def check_compatible(header, name, backend, family, maxsize, msgsize):
+    """Refuse to open an existing queue as another kind or with other limits
+    than the caller asked for explicitly (maxsize 0 / msgsize None: any)."""
+    if header["name"] != name:
+        raise ValueError(
+            f"the {backend} queue name {name!r} maps to a kernel object that mpx queue "
+            f"{header['name']!r} already uses; choose another name")
+    want = KIND_OF_FAMILY[family]
+    if header["kind"] != want:
+        raise ValueError(f"mpx {backend} queue {name!r} exists as a {header['family']}; "
+                         f"it cannot be opened as a {family}")
+    if (maxsize and maxsize != header["maxsize"]) or (
+            msgsize is not None and msgsize != header["msgsize"]):
+        asked = []
+        if maxsize and maxsize != header["maxsize"]:
+            asked.append(f"maxsize={maxsize}")
+        if msgsize is not None and msgsize != header["msgsize"]:
+            asked.append(f"msgsize={msgsize}")
+        raise ValueError(
+            f"mpx {backend} queue {name!r} already exists with maxsize={header['maxsize']} "
+            f"and msgsize={header['msgsize']}; this call asked for {' and '.join(asked)} "
+            f"(pass maxsize=0 and no msgsize to open it with whatever limits it has, or "
+            f"unlink it first)")
+
+
+# ---------------------------------------------------------------------------
+# Side segments
+
+_SUFFIX = re.compile(rb"\A[0-9]+\.[0-9]+\Z")
+
+
+class SideStore:
+    """Side segments of one queue: /dev/shm/mpx-mqside.<tag16>.<pid>.<n>."""
+
+    def __init__(self, tag16_, mode):
+        self.prefix = f"mpx-mqside.{tag16_}."
+        self.mode = mode
+        self.counter = itertools.count()
+
+    def put(self, data):
+        """Write `data` into a new segment; returns (frame, suffix)."""
+        data = memoryview(data).cast("B")
+        while True:
+            suffix = f"{os.getpid()}.{next(self.counter)}"
+            path = f"{SHM_DIR}/{self.prefix}{suffix}"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            except FileExistsError:
+                continue        # an old segment of a reused pid: take the next number
+            except OSError as e:
+                raise OSError(e.errno, f"cannot create the side segment {path} for a "
+                                       f"{len(data)}-byte message: {e.strerror}") from None
+            try:
+                os.fchmod(fd, self.mode)        # the umask must not narrow the mode
+                done = 0
+                while done < len(data):
+                    done += os.write(fd, data[done:])
+            except BaseException as e:
+                os.close(fd)
+                _unlink_quiet(path)
+                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                    raise OSError(errno.ENOSPC, f"no room in {SHM_DIR} for a {len(data)}-byte "
+                                                f"message (side segment {path})") from None
+                raise
+            os.close(fd)
+            return SIDE + suffix.encode(), suffix
+
+    def discard(self, suffix):
+        _unlink_quiet(f"{SHM_DIR}/{self.prefix}{suffix}")
+
+    def take(self, ref, loads):
+        """Read, free and deserialize the segment named by frame body `ref`."""
+        if not _SUFFIX.match(ref):
+            raise ValueError(f"malformed large-message reference {bytes(ref[:40])!r}; "
+                             "was something other than mpx writing to this queue?")
+        path = f"{SHM_DIR}/{self.prefix}{ref.decode()}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"the payload of a large message ({path}) is gone: the queue was "
+                "unlinked (or `mpx rm` swept it) while the message was in flight") from None
+        freed = True
+        try:
+            try:
+                os.unlink(path)     # from here on the kernel frees it when fd closes
+            except PermissionError:
+                freed = False       # another user's segment in sticky /dev/shm
+            size = os.fstat(fd).st_size
+            if size == 0:
+                raise ValueError(f"the payload of a large message ({path}) is empty")
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE,
+                           prot=mmap.PROT_READ)
+            try:
+                return loads(mm)
+            finally:
+                mm.close()
+        finally:
+            if not freed:
+                try:
+                    os.ftruncate(fd, 0)     # at least give the memory back
+                except OSError:
+                    pass
+            os.close(fd)
+
+    def sweep(self):
+        """Remove every side segment of this queue; returns how many."""
+        return sweep_prefix(self.prefix)
+
+
+def sweep_prefix(prefix):
+    n = 0
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    for fname in names:
+        if fname.startswith(prefix):
+            if _unlink_quiet(f"{SHM_DIR}/{fname}"):
+                n += 1
+    return n
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Records for `python -m mpx ls/rm`
+
+RECORD_KINDS = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
+
+
+def forget_all(backend, name):
+    """Forget the record of `name` under every family (an object created as a
+    Queue may be unlinked through a SimpleQueue that opened it)."""
+    for kind in RECORD_KINDS:
+        _names.forget(kind, backend, name)
+
+
+# ---------------------------------------------------------------------------
+# The queue API
+
+
+_RAW_SERIALIZERS = (PickleSerializer, CloudpickleSerializer)
+
+
+class MessageQueueBase:
+    """The queue API over one kernel message queue.
+
+    A backend subclass sets ``_backend`` and provides ``_send(frame, prio,
+    timeout)`` (raise Full), ``_recv(timeout) -> (msg, prio)`` (raise Empty),
+    ``_qsize()``, ``_full()``, ``_state()`` (what a child needs to open the
+    queue again), the class method ``_attach(state, serializer)``, and the
+    static methods ``_close_resources(res)`` / ``_unlink_resources(res)``
+    (and optionally ``_close_handle(res)``, what close() releases early)
+    that act on the per-process resource holder `res` (they never see the
+    queue object, so the finalizer does not keep it alive). It may speed up
+    ``put``/``get``. ``timeout`` there is 0 (do not wait), None (wait for
+    ever) or seconds.
+    """
+
+    _backend = "?"
+    _family = "Queue"
+
+    # -- set-up ---------------------------------------------------------
+
+    def _setup(self, res, serializer, name, anonymous, creator, tag, side, limit, maxsize):
+        self._res = res             # what the finalizer closes/unlinks (never self)
+        self._serializer = serializer
+        self._dumps = serializer.dumps
+        self._loads = serializer.loads
+        self._side_loads = (serializer.loads if isinstance(serializer, PickleSerializer)
+                            else (lambda mm, custom=serializer.loads: custom(mm[:])))
+        # Fast paths send a pickle stream untouched when it fits; -1 sends
+        # every other serializer's output down the general path, which looks
+        # at its first byte. (mpx's own pickle serializers always write
+        # protocol 5, which starts with 0x80; a subclass might not.)
+        self._raw_limit = limit if type(serializer) in _RAW_SERIALIZERS else -1
+        self.name = name
+        self.anonymous = anonymous
+        self._maxsize = maxsize
+        self._tag = tag
+        self._side = side
+        self._limit = limit         # longest frame a kernel message takes
+        self._closed = False
+        # Per-process clean-up: close this process's descriptors; the process
+        # that created an anonymous queue also removes it (pid check: a forked
+        # child's copy of the object never does).
+        self._finalizer = weakref.finalize(
+            self, _finalize, type(self)._close_resources, type(self)._unlink_resources,
+            res, os.getpid() if (anonymous and creator) else None)
+
+    # -- framing --------------------------------------------------------
+
+    def _frame(self, data):
+        """(frame, side suffix or None) for serialized `data`."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"serializer {self._serializer!r} returned "
+                            f"{type(data).__name__}, not bytes")
+        if data[:1] == RAW:
+            if len(data) <= self._limit:
+                return data, None
+        elif len(data) < self._limit:
+            return INLINE + data, None
+        return self._side.put(data)
+
+    def _encode(self, obj):
+        """(frame, side suffix or None) for `obj`; serialization errors raise
+        here, before anything is sent."""
+        return self._frame(self._dumps(obj))
+
+    def _put_data(self, data, prio, timeout):
+        """Send serialized `data`; a side segment made for it is removed again
+        if the send fails (Full, timeout, Ctrl-C)."""
+        frame, suffix = self._frame(data)
+        if suffix is None:
+            return self._send(frame, prio, timeout)
+        try:
+            self._send(frame, prio, timeout)
+        except BaseException:
+            self._side.discard(suffix)
+            raise
+
+    def _decode(self, msg):
+        kind = msg[:1]
+        if kind == RAW:
+            return self._loads(msg)
+        if kind == INLINE:
+            return self._loads(msg[1:])
+        if kind == SIDE:
+            return self._side.take(msg[1:], self._side_loads)
+        raise ValueError(f"received a message that mpx did not write "
+                         f"({len(msg)} bytes, first byte {bytes(kind)!r})")
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+
+    # -- the API ----------------------------------------------------------
+
+    def put(self, obj, block=True, timeout=None):
+        """Put `obj`; wait for room if `block` (for ever if `timeout` is None,
+        else at most `timeout` seconds) and raise ``queue.Full`` otherwise."""
+        self._put(obj, 0, block, timeout)
+
+    def _put(self, obj, prio, block, timeout):
+        self._check_open()
+        timeout = check_timeout(block, timeout)
+        self._put_data(self._dumps(obj), prio, timeout)
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the next item; wait like :meth:`put`, raising
+        ``queue.Empty`` when nothing comes."""
+        self._check_open()
+        return self._decode(self._recv(check_timeout(block, timeout))[0])
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every object of `objs` in order. All are serialized first, so
+        one that cannot be serialized raises before anything is sent. If the
+        queue stays full past `timeout`, ``queue.Full`` is raised and its
+        ``put_count`` attribute says how many objects went in (those stay)."""
+        self._check_open()
+        timeout = check_timeout(block, timeout)
+        return self._put_many_encoded(self._encode_all(objs), 0, timeout)
+
+    def _encode_all(self, objs):
+        frames = []
+        try:
+            for obj in objs:
+                frames.append(self._encode(obj))
+        except BaseException:
+            for _, suffix in frames:
+                if suffix is not None:
+                    self._side.discard(suffix)
+            raise
+        return frames
+
+    def _put_many_encoded(self, frames, prio, timeout):
+        deadline = None if not timeout else time.monotonic() + timeout
+        for i, (frame, suffix) in enumerate(frames):
+            left = timeout if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                self._send(frame, prio, left)
+            except BaseException as e:
+                for _, s in frames[i:]:
+                    if s is not None:
+                        self._side.discard(s)
+                if isinstance(e, Full):
+                    e.put_count = i
+                raise
+        return len(frames)
+
+    def get_many(self, max_items=None, block=True, timeout=None):
+        """Wait like :meth:`get` for the first item, then take whatever else is
+        ready without waiting, up to `max_items` items in all; returns a list."""
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items}")
+        items = [self.get(block, timeout)]
+        while max_items is None or len(items) < max_items:
+            try:
+                items.append(self.get(False))
+            except Empty:
+                break
+        return items
+
+    def qsize(self):
+        """Messages in the queue now (exact: the kernel's count)."""
+        self._check_open()
+        return self._qsize()
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        """True when a put_nowait would raise Full for lack of message slots."""
+        self._check_open()
+        return self._full()
+
+    @property
+    def maxsize(self):
+        return self._maxsize
+
+    def close(self):
+        """Close this process's handle on the queue (the queue itself stays;
+        see :meth:`unlink`). Idempotent. The tag stays mapped until the
+        object is garbage-collected: another thread may still be waiting on
+        one of its words."""
+        if not self._closed:
+            self._closed = True
+            self._close_handle(self._res)
+
+    @staticmethod
+    def _close_handle(res):
+        """Close the kernel descriptor, if the backend has one."""
+
+    def join_thread(self):
+        """No-op, for ``multiprocessing.Queue`` compatibility: there is no
+        feeder thread; a message is in the kernel when put() returns."""
+
+    def cancel_join_thread(self):
+        """No-op, for ``multiprocessing.Queue`` compatibility."""
+
+    def unlink(self):
+        """Remove the queue from the system: its kernel queue, its tag, every
+        side segment, its record. Processes that still have it open may see
+        errors (SysV) or keep what they hold (POSIX). Idempotent."""
+        self._unlink_resources(self._res)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._state(), self._serializer))
+
+    def __repr__(self):
+        what = "anonymous" if self.anonymous else "name"
+        state = " closed" if self._closed else ""
+        return (f"<mpx {self._backend} {type(self)._family} {what}={self.name!r}"
+                f" maxsize={self._maxsize}{state}>")
+
+
+def _rebuild(cls, state, serializer):
+    return cls._attach(state, serializer)
+
+
+def _finalize(close, unlink, res, owner_pid):
+    close(res)
+    if owner_pid is not None and owner_pid == os.getpid():
+        unlink(res)
+
+
+class JoinableMixin:
+    """task_done()/join() across processes: a counter in the tag, raised
+    before each put (so a fast consumer can never task_done() an item the
+    counter does not know yet) and lowered by task_done(); join() sleeps on
+    the counter's futex until it reads zero. As with the stdlib, a consumer
+    that dies between get() and task_done() (or a producer killed between
+    raising the counter and sending) leaves the count too high, and join()
+    then waits until its timeout."""
+
+    _family = "JoinableQueue"
+
+    def put(self, obj, block=True, timeout=None):
+        self._put(obj, 0, block, timeout)
+
+    def _put(self, obj, prio, block, timeout):
+        self._check_open()
+        unfinished = self._tag.unfinished
+        unfinished.add(1)
+        try:
+            super()._put(obj, prio, block, timeout)
+        except BaseException:
+            self._task_release(1)
+            raise
+
+    def put_many(self, objs, block=True, timeout=None):
+        self._check_open()
+        timeout = check_timeout(block, timeout)
+        frames = self._encode_all(objs)
+        self._tag.unfinished.add(len(frames))
+        try:
+            return self._put_many_encoded(frames, 0, timeout)
+        except Full as e:
+            self._task_release(len(frames) - e.put_count)
+            raise
+        except BaseException:
+            self._task_release(len(frames))
+            raise
+
+    def _task_release(self, n):
+        word = self._tag.unfinished
+        if n and word.add((-n) & 0xFFFFFFFF) == n:
+            word.wake()
+
+    def task_done(self):
+        """Say that an item taken with get() has been processed; ValueError
+        if called more times than items were put."""
+        self._check_open()
+        word = self._tag.unfinished
+        while True:
+            v = word.load()
+            if v == 0:
+                raise ValueError("task_done() called too many times")
+            if word.compare_exchange(v, v - 1):
+                if v == 1:
+                    word.wake()
+                return
+
+    def join(self, timeout=None):
+        """Block until every item put has been task_done(). Returns True, or
+        False if `timeout` seconds passed first."""
+        self._check_open()
+        word = self._tag.unfinished
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            v = word.load()
+            if v == 0:
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            word.wait(v, timeout=left)
+
+
+class PriorityMixin:
+    """put(item, priority=0, ...) and get_with_priority()."""
+
+    _family = "PriorityQueue"
+    PRIORITY_MIN = PRIORITY_MIN
+    PRIORITY_MAX = PRIORITY_MAX
+
+    def put(self, item, priority=0, block=True, timeout=None):
+        """Put `item` with `priority` (PRIORITY_MIN..PRIORITY_MAX, higher comes
+        out first; equal priorities come out in put order)."""
+        self._put(item, check_priority(priority), block, timeout)
+
+    def put_nowait(self, item, priority=0):
+        return self.put(item, priority, False)
+
+    def put_many(self, objs, block=True, timeout=None, priority=0):
+        """put_many with one priority for every object."""
+        priority = check_priority(priority)
+        self._check_open()
+        timeout = check_timeout(block, timeout)
+        return self._put_many_encoded(self._encode_all(objs), priority, timeout)
+
+    def get(self, block=True, timeout=None):
+        """The item of the highest priority (the oldest among equals)."""
+        return self.get_with_priority(block, timeout)[0]
+
+    def get_with_priority(self, block=True, timeout=None):
+        """(item, priority) of the next item."""
+        self._check_open()
+        msg, prio = self._recv(check_timeout(block, timeout))
+        return self._decode(msg), prio
