@@ -61,9 +61,19 @@ class _MpxFactories:
         from .sharedarray import SharedArray
         return SharedArray(shape, dtype, backend=backend, **kwargs)
 
-    def Manager(self, *, backend=None, serializer=None, **kwargs):
-        """A started manager (``multiprocessing.Manager()`` API)."""
-        return self._make("Manager", backend, serializer, (), kwargs)
+    def Manager(self, *, backend=None, address=None, authkey=None, serializer=None,
+                **kwargs):
+        """A started :class:`mpx.managers.SyncManager` (``multiprocessing.Manager()``
+        API) serving over `backend` ("shm", "unix" or "tcp"; the fastest
+        available by default). Other keywords go to SyncManager (ssl_context,
+        client_ssl_context, transit_timeout, shutdown_timeout, ...)."""
+        name, _ = _registry.resolve("Manager", backend)
+        from .managers import SyncManager
+        manager = SyncManager(address=address, authkey=authkey,
+                              serializer=serializer or "pickle",
+                              ctx=self.get_context(), backend=name, **kwargs)
+        manager.start()
+        return manager
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
         """The stdlib's Pool. It runs on the stdlib context of the same start

@@ -1,0 +1,461 @@
+"""Framed, mutually authenticated byte streams over sockets.
+
+The mechanism under the ``unix`` and ``tcp`` Manager transports (and the
+handshake of the ``shm`` one). It knows nothing of pickling or of proxies: it
+moves opaque frames between two ends that have proved to each other that
+they hold the same authkey.
+
+Wire format
+-----------
+Handshake, before a single byte is unpickled by either side::
+
+    server -> client   b"MPXM" version:u8 server_nonce:32
+    client -> server   client_nonce:32 HMAC(key, b"mpx-client" sn cn):32
+    server -> client   b"\\x00"                                   (rejected)
+                    or b"\\x01" HMAC(key, b"mpx-server" cn sn):32   (accepted)
+
+Both nonces are fresh random bytes, so neither side's answer can be replayed
+or reflected; the two labels stop a server from using a client as an oracle
+for its own proof. Every handshake message has a fixed length, so junk sent to
+the port is read in bounded pieces and rejected; a peer that stalls is cut
+off after ``handshake_timeout`` seconds.
+
+After the handshake each frame is ``length:u64 little-endian`` + payload.
+A frame longer than ``max_frame`` closes the connection; a frame above
+64 MiB is never allocated in one piece before its bytes arrive, so a lying
+length prefix costs at most that much memory, and the wait.
+"""
+
+import hashlib
+import hmac
+import os
+import socket
+import stat
+import struct
+import tempfile
+import time
+from multiprocessing import AuthenticationError
+
+__all__ = ["Connection", "StreamListener", "UnixListener", "ProtocolError",
+           "client_handshake", "server_handshake", "unix_connect", "unix_cleanup",
+           "check_unix_address", "MAX_FRAME", "HANDSHAKE_TIMEOUT"]
+
+MAGIC = b"MPXM"
+VERSION = 1
+NONCE_SIZE = 32
+DIGEST_SIZE = 32          # sha256
+HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to authenticate
+# Frames larger than this are refused (the peer is broken or hostile): far
+# above anything a sane RPC carries, far below what would exhaust memory
+# through a single lying length prefix (memory only grows as bytes arrive).
+MAX_FRAME = 1 << 36
+
+_HDR = struct.Struct("<Q")
+_RECV_SIZE = 1 << 16
+# Above this, a frame is read into its own buffer instead of being assembled
+# from recv() chunks.
+_DIRECT_READ = 1 << 16
+# Above this, the frame's buffer grows as data arrives instead of being
+# allocated at once (a length prefix may lie).
+_PREALLOC_LIMIT = 1 << 26
+
+# Spinning (polling with MSG_DONTWAIT before sleeping in recv) replaces a
+# kernel wake-up (tens of microseconds on a VM) by a few microseconds of
+# busy-waiting when the answer comes fast. It only pays when another core is
+# free to produce that answer.
+_SPIN_MAX = 60e-6
+_NCPU = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+    else (os.cpu_count() or 1)
+_CAN_SPIN = _NCPU > 1
+_load = [0.0, False]     # [last sample time, crowded]
+
+
+def _crowded(now):
+    """True when more tasks are runnable than there are cores (sampled from
+    /proc/loadavg every 20 ms): then spinning only steals the time of the
+    process we are waiting for."""
+    if now - _load[0] > 0.02:
+        _load[0] = now
+        try:
+            fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                running = int(os.read(fd, 128).split()[3].split(b"/")[0])
+            finally:
+                os.close(fd)
+        except (OSError, ValueError, IndexError):
+            running = 0
+        _load[1] = running > _NCPU
+    return _load[1]
+
+
+class ProtocolError(ConnectionError):
+    """The peer broke the framing or handshake rules; the connection is closed."""
+
+
+def _mac(key, label, a, b):
+    return hmac.new(key, label + a + b, hashlib.sha256).digest()
+
+
+def _recv_exact(sock, n):
+    """Exactly `n` bytes from a blocking socket (EOFError if it closes first)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise EOFError(f"connection closed during the handshake "
+                           f"(after {got} of {n} bytes)")
+        got += k
+    return bytes(buf)
+
+
+def server_handshake(sock, authkey, timeout=HANDSHAKE_TIMEOUT):
+    """Authenticate the client on `sock` and prove our key to it.
+
+    Raises AuthenticationError for a wrong key, ProtocolError/EOFError/OSError
+    (socket.timeout included) for anything else; the caller closes `sock`.
+    """
+    sock.settimeout(timeout)
+    server_nonce = os.urandom(NONCE_SIZE)
+    sock.sendall(MAGIC + bytes((VERSION,)) + server_nonce)
+    answer = _recv_exact(sock, NONCE_SIZE + DIGEST_SIZE)
+    client_nonce, digest = answer[:NONCE_SIZE], answer[NONCE_SIZE:]
+    if not hmac.compare_digest(digest, _mac(authkey, b"mpx-client", server_nonce, client_nonce)):
+        try:
+            sock.sendall(b"\x00")
+        except OSError:
+            pass
+        raise AuthenticationError("digest received was wrong")
+    sock.sendall(b"\x01" + _mac(authkey, b"mpx-server", client_nonce, server_nonce))
+    sock.settimeout(None)
+
+
+def client_handshake(sock, authkey, timeout=HANDSHAKE_TIMEOUT, where="the server"):
+    """Prove our key to the server on `sock` and check that it holds it too."""
+    sock.settimeout(timeout)
+    # The magic alone first: a peer speaking another protocol may send less
+    # than a whole mpx greeting and then wait for us.
+    if _recv_exact(sock, len(MAGIC)) != MAGIC:
+        raise ProtocolError(f"{where} is not an mpx manager (it did not answer "
+                            f"with the mpx handshake)")
+    hello = MAGIC + _recv_exact(sock, 1 + NONCE_SIZE)
+    if hello[len(MAGIC)] != VERSION:
+        raise ProtocolError(f"{where} speaks mpx manager protocol version "
+                            f"{hello[len(MAGIC)]}, this mpx speaks {VERSION}")
+    server_nonce = hello[len(MAGIC) + 1:]
+    client_nonce = os.urandom(NONCE_SIZE)
+    sock.sendall(client_nonce + _mac(authkey, b"mpx-client", server_nonce, client_nonce))
+    verdict = _recv_exact(sock, 1)
+    if verdict == b"\x00":
+        raise AuthenticationError(f"digest sent was rejected by {where} (wrong authkey)")
+    if verdict != b"\x01":
+        raise ProtocolError(f"{where} sent an invalid handshake verdict")
+    proof = _recv_exact(sock, DIGEST_SIZE)
+    if not hmac.compare_digest(proof, _mac(authkey, b"mpx-server", client_nonce, server_nonce)):
+        raise AuthenticationError(f"{where} does not hold the authkey (its digest was wrong)")
+    sock.settimeout(None)
+
+
+class Connection:
+    """One end of an authenticated, framed stream.
+
+    ``send(data)`` writes one frame; ``recv()`` returns the next frame as
+    bytes (EOFError when the peer closed cleanly). Not thread-safe: one
+    thread uses a connection at a time, which is how the manager uses it.
+    """
+
+    __slots__ = ("_sock", "_rbuf", "_spin", "_can_spin", "max_frame", "pid", "__weakref__")
+
+    def __init__(self, sock, *, max_frame=MAX_FRAME, spin=True):
+        self._sock = sock
+        self._rbuf = b""
+        # TLS sockets refuse MSG_DONTWAIT, so they never spin.
+        self._can_spin = bool(spin) and _CAN_SPIN and not hasattr(sock, "getpeercert")
+        self._spin = _SPIN_MAX if self._can_spin else 0.0
+        self.max_frame = max_frame
+        self.pid = os.getpid()
+
+    # -- writing ----------------------------------------------------------
+    def send(self, data):
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("the connection to the manager is closed")
+        n = len(data)
+        if n < _DIRECT_READ:
+            sock.sendall(_HDR.pack(n) + data)
+        else:
+            sock.sendall(_HDR.pack(n))
+            sock.sendall(data)
+
+    # -- reading ----------------------------------------------------------
+    def _recv_some(self, spin):
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("the connection to the manager is closed")
+        if spin and self._spin and not _crowded(time.perf_counter()):
+            deadline = time.perf_counter() + self._spin
+            while True:
+                try:
+                    chunk = sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.perf_counter() > deadline:
+                        break
+                    continue
+                self._spin = _SPIN_MAX
+                return chunk
+            # The answer was slow: spin less next time (down to not at all).
+            self._spin = self._spin * 0.5 if self._spin > 4e-6 else 0.0
+            return sock.recv(_RECV_SIZE)
+        if not self._can_spin or not spin:
+            return sock.recv(_RECV_SIZE)
+        # Not spinning at the moment: if the answer turns out to come fast,
+        # start spinning again.
+        t0 = time.perf_counter()
+        chunk = sock.recv(_RECV_SIZE)
+        if time.perf_counter() - t0 < _SPIN_MAX:
+            self._spin = _SPIN_MAX
+        return chunk
+
+    def recv(self, spin=True, timeout=None):
+        """The next frame, as bytes (TimeoutError after `timeout` seconds)."""
+        if timeout is not None:
+            sock = self._sock
+            if sock is None:
+                raise ConnectionError("the connection to the manager is closed")
+            sock.settimeout(timeout)
+            try:
+                return self.recv(False)
+            finally:
+                if self._sock is not None:
+                    sock.settimeout(None)
+        buf = self._rbuf
+        while True:
+            if len(buf) >= 8:
+                n = _HDR.unpack_from(buf)[0]
+                end = 8 + n
+                if len(buf) >= end:
+                    self._rbuf = buf[end:]
+                    return buf[8:end]
+                if n > self.max_frame:
+                    self._rbuf = b""
+                    raise ProtocolError(f"frame of {n} bytes announced, more than "
+                                        f"the limit of {self.max_frame}")
+                if n >= _DIRECT_READ:
+                    self._rbuf = b""
+                    return self._read_large(bytes(buf[8:]), n)
+            chunk = self._recv_some(spin)
+            if not chunk:
+                self._rbuf = b""
+                if buf:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                raise EOFError("connection closed by the peer")
+            buf = buf + chunk if buf else chunk
+
+    def _read_large(self, head, n):
+        sock = self._sock
+        if n <= _PREALLOC_LIMIT:
+            out = bytearray(n)
+            view = memoryview(out)
+            got = min(len(head), n)
+            view[:got] = head[:got]
+            self._rbuf = head[n:]
+            while got < n:
+                k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+                if not k:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                got += k
+            return out
+        parts = [head]
+        got = len(head)
+        while got < n:
+            chunk = sock.recv(min(n - got, 1 << 20))
+            if not chunk:
+                raise ProtocolError("connection closed in the middle of a frame")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    # -- misc -------------------------------------------------------------
+    def fileno(self):
+        return self._sock.fileno()
+
+    @property
+    def closed(self):
+        return self._sock is None
+
+    def close(self):
+        """Close our end. In a forked child this only closes the child's
+        copy of the descriptor; it never shuts down the parent's stream."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def shutdown(self):
+        """Wake up a thread blocked reading this connection (it gets EOF)."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def settimeout(self, timeout):
+        self._sock.settimeout(timeout)
+
+    def __repr__(self):
+        state = "closed" if self._sock is None else f"fd={self._sock.fileno()}"
+        return f"<mpx stream connection {state}>"
+
+
+class StreamListener:
+    """A listening socket; `accept()` returns raw sockets, `handshake()`
+    authenticates one (call it in the thread that will serve it, so a slow
+    or hostile peer never holds up the accept loop)."""
+
+    family = None
+
+    def __init__(self, sock, address, authkey, *, handshake_timeout=HANDSHAKE_TIMEOUT,
+                 max_frame=MAX_FRAME):
+        self._sock = sock
+        self.address = address
+        self._authkey = bytes(authkey)
+        self.handshake_timeout = handshake_timeout
+        self.max_frame = max_frame
+
+    def accept(self):
+        sock, _ = self._sock.accept()
+        return sock
+
+    def _wrap(self, sock):
+        """Hook for transports that wrap the raw socket (TLS)."""
+        return sock
+
+    def handshake(self, sock):
+        """Authenticate `sock`; return a Connection or raise (and close it)."""
+        try:
+            sock = self._wrap(sock)
+            server_handshake(sock, self._authkey, self.handshake_timeout)
+        except BaseException:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            raise
+        return Connection(sock, max_frame=self.max_frame)
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def close(self):
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # shutdown() wakes a thread blocked in accept(); close() alone
+            # would leave it sleeping on a descriptor number that may be
+            # reused.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+# --- unix-domain sockets (the unix transport, and the shm transport's
+# --- rendezvous) ------------------------------------------------------------
+
+def check_unix_address(address):
+    """Return `address` as a unix socket path, or raise ValueError."""
+    if isinstance(address, bytes):
+        address = os.fsdecode(address)
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"a unix-socket manager address must be a non-empty path "
+                         f"string, not {address!r}")
+    if len(os.fsencode(address)) > 107:
+        raise ValueError(f"unix socket path is too long ({len(address)} characters; "
+                         f"the kernel allows 107): {address!r}")
+    return address
+
+
+class UnixListener(StreamListener):
+    """Listens on a unix socket created 0o600 (inside a fresh 0o700
+    directory when mpx picks the path). ``close()`` removes what it created.
+    A path starting with NUL names Linux's abstract namespace (no file, no
+    permissions: the authkey alone guards it)."""
+
+    def __init__(self, address, authkey, *, backlog=128, **kwargs):
+        self._dir = None
+        if address is None:
+            self._dir = tempfile.mkdtemp(prefix="mpx-manager-")   # mode 0o700
+            address = os.path.join(self._dir, "socket")
+        address = check_unix_address(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+            self._inode = None
+            if not address.startswith("\0"):
+                # Nobody can connect between bind and listen, so tightening
+                # the mode here leaves no window.
+                os.chmod(address, 0o600)
+                self._inode = os.stat(address).st_ino
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            if self._dir is not None:
+                _remove_socket(address, None, self._dir)
+            raise
+        self._path = address
+        self._pid = os.getpid()
+        super().__init__(sock, address, authkey, **kwargs)
+
+    def close(self):
+        super().close()
+        # Only the process that bound the socket removes it, and only if the
+        # file is still the one it created.
+        if getattr(self, "_pid", None) == os.getpid():
+            _remove_socket(self._path, self._inode, self._dir)
+            self._pid = None
+
+
+def _remove_socket(path, inode, directory):
+    if not path.startswith("\0"):
+        try:
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and (inode is None or st.st_ino == inode):
+                os.unlink(path)
+        except OSError:
+            pass
+    if directory is not None:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
+def unix_cleanup(address):
+    """Remove the socket file (and mpx's private directory around it) that
+    a server killed before it could close its listener left behind."""
+    if isinstance(address, str) and not address.startswith("\0"):
+        directory = os.path.dirname(address)
+        mine = os.path.basename(directory).startswith("mpx-manager-") and \
+            os.path.basename(address) == "socket"
+        _remove_socket(address, None, directory if mine else None)
+
+
+def unix_connect(address, authkey, timeout=HANDSHAKE_TIMEOUT):
+    """A unix socket connected to `address` and authenticated both ways."""
+    address = check_unix_address(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        client_handshake(sock, bytes(authkey), timeout, where=f"the manager at {address!r}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
