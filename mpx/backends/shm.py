@@ -1,0 +1,857 @@
+"""The ``shm`` backend: Queue, SimpleQueue and JoinableQueue on a shared-memory ring.
+
+This module is the policy on top of the mechanism in ``mpx._ext.ring``: it
+turns objects into the ring's byte "parts" (through the queue's serializer),
+gives the objects the ``multiprocessing`` API, names and finds queues, and
+carries a queue to other processes.
+
+Where the queue's memory lives
+    An anonymous queue is a memfd: it never appears in /dev/shm and the
+    kernel frees it when the last process holding it closes it or exits.
+    A named queue is the file /dev/shm/<name>, mode 0o600. It is created
+    race-free: the creator builds the complete ring in an unnamed O_TMPFILE
+    and then links it under the name, so an opener never sees half a queue
+    and a creator that dies leaves nothing. Only ``unlink()`` (or
+    ``python -m mpx rm``) removes the name.
+
+How a queue travels to another process
+    Handed to a child at start under spawn/forkserver, the descriptor goes
+    with the child (the stdlib's ``duplicate_for_child``). Sent later (through
+    another queue, a pipe, to a Pool worker), the pickle carries the name of
+    a named queue, and for every queue the (pid, fd) of the processes that
+    hold it; the receiver reopens the memfd through /proc/<pid>/fd/<fd> of
+    any that is still alive, and checks the ring's random id to be sure it
+    found the same queue.
+
+What a message looks like in the ring (the tag says how to read the parts)
+    TAG_PICKLE  one part: the serializer's stream
+    TAG_OOB     the stream, then pickle protocol-5 out-of-band buffers,
+                copied straight from the object into the ring and straight
+                out into the buffers the object is rebuilt on
+    TAG_BYTES   one part: a ``bytes`` object, carried without pickling
+    TAG_TEXT    one part: a custom serializer's ``str`` output, UTF-8 encoded
+"""
+
+import collections
+import errno
+import functools
+import os
+import pickle
+import queue as _queue
+import stat
+import sys
+import weakref
+
+from .. import _names
+from .. import _serial
+
+__all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
+           "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
+           "unavailable", "DEFAULT_CAPACITY"]
+
+FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue")
+
+SHM_DIR = "/dev/shm"
+
+# Ring size when none is given. Small messages need little room (a MiB holds
+# ~20000 small tuples), and messages bigger than half the ring go to the
+# overflow area of the same file instead (still one copy in and one out), so
+# this only bounds how many ordinary messages can wait at once. Pages are
+# only allocated as the ring is first used.
+DEFAULT_CAPACITY = 1 << 20
+
+TAG_PICKLE = 0
+TAG_OOB = 1
+TAG_BYTES = 2
+TAG_TEXT = 3      # a custom serializer's str output, as UTF-8
+
+# A stream at least this long that came from plain dumps is tried again with
+# out-of-band buffers (it probably holds a large array or bytearray).
+_OOB_RETRY = 256 << 10
+
+_KIND_CODES = {"Queue": 1, "SimpleQueue": 2, "JoinableQueue": 3}
+_KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
+
+try:
+    from .._ext import ring as _ring
+except ImportError as _e:          # pragma: no cover - the build failed
+    _ring = None
+    _IMPORT_ERROR = str(_e)
+
+if hasattr(_queue, "ShutDown"):
+    ShutDown = _queue.ShutDown
+else:
+    class ShutDown(Exception):
+        """Raised by put() after shutdown(), and by get() once a shut-down
+        queue is empty (Python 3.13's ``queue.ShutDown``, for older
+        Pythons)."""
+
+
+def unavailable():
+    if sys.platform != "linux":
+        return "needs Linux (memfd, futexes, robust process-shared mutexes)"
+    if _ring is None:
+        return f"the compiled ring failed to import: {_IMPORT_ERROR}"
+    if not hasattr(os, "memfd_create"):
+        return "needs os.memfd_create (Linux 3.17+)"
+    return None
+
+
+# --------------------------------------------------------------- helpers
+
+def _check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"a queue name must be a str, not {type(name).__name__}")
+    bare = name[1:] if name.startswith("/") else name
+    if not bare or bare in (".", "..") or "/" in bare or "\0" in bare or len(bare) > 250:
+        raise ValueError(f"invalid queue name {name!r}: use 1-250 characters without '/' "
+                         "(one leading '/' is allowed, as with shm_open)")
+    return bare
+
+
+def _path(bare):
+    return os.path.join(SHM_DIR, bare)
+
+
+def _check_capacity(capacity):
+    if capacity is None:
+        return DEFAULT_CAPACITY
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
+    if capacity < 1:
+        raise ValueError(f"capacity must be a positive number of bytes, not {capacity}")
+    return capacity
+
+
+def _check_maxsize(maxsize):
+    if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+        raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+    # As in multiprocessing: maxsize <= 0 means no limit.
+    if maxsize <= 0:
+        return 0
+    if maxsize > 0x7fffffff:
+        raise ValueError(f"maxsize {maxsize} is too large (at most 2**31-1)")
+    return maxsize
+
+
+def _new_ring(fd, capacity, maxsize, kind, layout):
+    ring_id = int.from_bytes(os.urandom(8), "little") or 1
+    return _ring.Ring.create(fd, capacity, maxsize=maxsize, kind=kind,
+                             ring_id=ring_id, **layout)
+
+
+def _create_anonymous(capacity, maxsize, kind, layout):
+    fd = os.memfd_create("mpx-queue", os.MFD_CLOEXEC)
+    try:
+        return _new_ring(fd, capacity, maxsize, kind, layout)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _attach_fd(fd, expect_id=None):
+    """Attach the ring in `fd` (owned by the Ring on success, closed on failure)."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _ring.RingError("not an mpx queue: not a regular file")
+        ring = _ring.Ring.attach(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if expect_id is not None and ring.ring_id != expect_id:
+        ring.close()
+        return None
+    return ring
+
+
+def _open_named(bare, capacity, maxsize, kind, layout, create=True):
+    """Open /dev/shm/<bare>, creating it if absent: (ring, created)."""
+    path = _path(bare)
+    for _ in range(1000):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, f"no mpx queue named {bare!r}",
+                                        path) from None
+        else:
+            try:
+                return _attach_fd(fd), False
+            except _ring.RingError as e:
+                raise _ring.RingError(f"{path}: {e}") from None
+        ring = _create_linked(bare, path, capacity, maxsize, kind, layout)
+        if ring is not None:
+            return ring, True
+        # Someone else created it first: open theirs.
+    raise OSError(f"could not create or open the queue {bare!r} (it keeps "
+                  "appearing and disappearing)")
+
+
+def _create_linked(bare, path, capacity, maxsize, kind, layout):
+    """Build a complete ring in an unnamed file, then give it the name in one
+    step: openers never see a half-made queue, and a creator that dies before
+    the link leaves nothing behind. None if the name was taken meanwhile."""
+    try:
+        fd = os.open(SHM_DIR, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise OSError(e.errno, f"cannot create a named queue in {SHM_DIR}: "
+                                   f"{e.strerror}") from None
+        return _create_renamed(bare, path, capacity, maxsize, kind, layout)
+    try:
+        os.fchmod(fd, 0o600)       # exactly 0o600, whatever the umask
+        ring = _new_ring(fd, capacity, maxsize, kind, layout)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        try:
+            _ring.flink(ring.fd, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            # linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH before Linux
+            # 6.10; the /proc link does the same for everyone (but not on
+            # every mount setup).
+            try:
+                os.link(f"/proc/self/fd/{ring.fd}", path, follow_symlinks=True)
+            except FileExistsError:
+                raise
+            except OSError:
+                ring.close()
+                return _create_renamed(bare, path, capacity, maxsize, kind, layout)
+    except FileExistsError:
+        ring.close()
+        return None
+    except BaseException:
+        ring.close()
+        raise
+    return ring
+
+
+_INIT_PREFIX = ".mpx-init."
+
+
+def _create_renamed(bare, path, capacity, maxsize, kind, layout):
+    """Fallback where an unnamed file cannot be linked: build the ring under
+    a hidden temporary name, then link it into place. The temporary name is
+    always removed; one left by a creator that was killed is swept by the
+    next creator (its pid is in the name)."""
+    _sweep_init_files()
+    tmp = os.path.join(SHM_DIR, f"{_INIT_PREFIX}{os.getpid()}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            ring = _new_ring(fd, capacity, maxsize, kind, layout)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            ring.close()
+            return None
+        except BaseException:
+            ring.close()
+            raise
+        return ring
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _sweep_init_files():
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for n in names:
+        if not n.startswith(_INIT_PREFIX):
+            continue
+        try:
+            pid = int(n[len(_INIT_PREFIX):].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except OSError:
+                pass
+        except (ValueError, OSError):
+            pass
+
+
+def _reopen(handle, name, ring_id):
+    """Find the ring a pickled queue refers to, in this process."""
+    how = handle[0]
+    if how == "dup":
+        # Handed over at process start: the descriptor came with us.
+        fd = handle[1].detach()
+        ring = _attach_fd(os.dup(fd), ring_id)
+        if ring is not None:
+            return ring
+        raise _ring.RingError("the descriptor passed at start is not the expected queue")
+    _, holders = handle
+    if name is not None:
+        try:
+            fd = os.open(_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            pass
+        else:
+            try:
+                ring = _attach_fd(fd, ring_id)
+            except _ring.RingError:
+                ring = None
+            if ring is not None:
+                return ring
+    for pid, fd in holders:
+        # Any live process that holds the queue lets us reopen it.
+        try:
+            fd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            ring = _attach_fd(fd, ring_id)
+        except (OSError, _ring.RingError):
+            continue
+        if ring is not None:
+            return ring
+    what = f"the queue {name!r}" if name else "an anonymous queue"
+    raise FileNotFoundError(
+        errno.ENOENT, f"cannot reopen {what}: no process that held it is alive any "
+        "more (an anonymous queue lives only as long as some process holds it)")
+
+
+def _rebuild(cls, name, handle, ring_id, serializer, kind, options):
+    ring = _reopen(handle, name, ring_id)
+    obj = cls.__new__(cls)
+    obj._setup(ring, name, False, serializer, options)
+    return obj
+
+
+# Every live queue of this process, so that a forked child notes itself as
+# holding them (a handle pickled later may then be reopened through it).
+_live = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for q in list(_live):
+        ring = q._ring
+        if ring is not None:
+            try:
+                ring.register_holder()
+            except ValueError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Types whose objects never carry large raw buffers: they are pickled in
+# band on the fast path. Grows as put() meets new types (shared with the
+# compiled put via Ring.enc_plain, so it is mutated, never replaced).
+_plain_types = {tuple, list, dict, set, frozenset, int, float, str, bool, complex,
+                type(None)}
+_oob_types = {bytearray, memoryview, pickle.PickleBuffer}
+
+
+def _wants_oob(tp):
+    """Should an object of type `tp` go out of band (large raw buffers)?"""
+    if tp in _oob_types:
+        return True
+    if tp in _plain_types:
+        return False
+    # numpy arrays (and subclasses of the buffer types) pickle their data
+    # as a PickleBuffer under protocol 5; checking by name keeps numpy from
+    # being imported for this.
+    answer = issubclass(tp, (bytearray, memoryview, pickle.PickleBuffer)) or any(
+        c.__module__ == "numpy" and c.__name__ == "ndarray" for c in tp.__mro__)
+    if len(_plain_types) + len(_oob_types) < 2000:
+        (_oob_types if answer else _plain_types).add(tp)
+    return answer
+
+
+def _encode(serializer, raw, obj):
+    """(msg, tag) for the ring: raises, touching nothing, if obj cannot be
+    serialized. `raw`: the serializer is pickle, so bytes may skip it and
+    large buffers may go out of band."""
+    tp = type(obj)
+    if raw:
+        if tp is bytes:
+            return obj, TAG_BYTES
+        if _wants_oob(tp):
+            stream, buffers = serializer.dumps_oob(obj)
+            if buffers:
+                return [stream] + buffers, TAG_OOB
+            return stream, TAG_PICKLE
+    data = serializer.dumps(obj)
+    if not raw and type(data) is str:
+        return data.encode("utf-8"), TAG_TEXT
+    if raw and len(data) >= _OOB_RETRY:
+        return _big(serializer, obj, data)
+    return data, TAG_PICKLE
+
+
+def _big(serializer, obj, data):
+    """A large in-band stream: a container holding big arrays or bytearrays
+    pickles again with them out of band (one copy less on each side);
+    anything else keeps the stream it has."""
+    if type(obj) in (tuple, list, dict):
+        stream, buffers = serializer.dumps_oob(obj)
+        if buffers:
+            return [stream] + buffers, TAG_OOB
+    if type(data) is str:
+        return data.encode("utf-8"), TAG_TEXT
+    return data, TAG_PICKLE
+
+
+def _decode(serializer, msg):
+    if type(msg) is bytes:
+        return serializer.loads(msg)
+    tag, parts = msg
+    if tag == TAG_OOB:
+        return serializer.loads_oob(parts[0], parts[1:])
+    if tag == TAG_BYTES:
+        return parts[0]
+    if tag == TAG_TEXT:
+        return serializer.loads(parts[0].decode("utf-8"))
+    if tag == TAG_PICKLE and len(parts) == 1:
+        return serializer.loads(parts[0])
+    raise ValueError(f"message with unknown tag {tag} in the queue "
+                     "(written by another program or mpx version?)")
+
+
+# ------------------------------------------------------------- the queues
+
+class _RingQueue:
+    """What every shm queue shares: the ring, serialization, names, pickling."""
+
+    _family = "Queue"
+
+    def __init__(self, ctx=None, maxsize=0, *, serializer=None, capacity=None, name=None,
+                 inline_max=None, spin=None, area=None):
+        serializer = _serial.get_serializer(serializer)
+        maxsize = _check_maxsize(maxsize)
+        if spin is not None and not spin >= 0:       # before anything is created
+            raise ValueError(f"spin must be >= 0 seconds, not {spin}")
+        kind = _KIND_CODES[self._family]
+        layout = {"inline_max": inline_max, "area": area}
+        if name is None:
+            ring = _create_anonymous(_check_capacity(capacity), maxsize, kind, layout)
+            bare, created = None, True
+        else:
+            bare = _check_name(name)
+            ring, created = _open_named(bare, _check_capacity(capacity), maxsize, kind,
+                                        layout)
+            try:
+                if not created:
+                    self._check_same(ring, bare, capacity, maxsize)
+            except BaseException:
+                ring.close()
+                raise
+            if created:
+                _names.record(self._family, "shm", bare, module=__name__,
+                              capacity=ring.capacity, maxsize=ring.maxsize)
+        self._setup(ring, bare, created, serializer, {"spin": spin})
+
+    @staticmethod
+    def _check_same(ring, bare, capacity, maxsize):
+        if maxsize and ring.maxsize != maxsize:
+            raise ValueError(f"the queue {bare!r} exists with maxsize={ring.maxsize}, "
+                             f"not {maxsize}")
+        if capacity is not None:
+            want = 4096
+            while want < capacity:
+                want <<= 1
+            if ring.capacity != want:
+                raise ValueError(f"the queue {bare!r} exists with capacity="
+                                 f"{ring.capacity}, not {capacity}")
+
+    def _setup(self, ring, bare, created, serializer, options):
+        ring.empty_exc = _queue.Empty
+        ring.full_exc = _queue.Full
+        ring.shutdown_exc = ShutDown
+        spin = options.get("spin")
+        if spin is not None:
+            ring.spin_max_ns = int(spin * 1e9)
+        self._ring = ring
+        self._name = bare
+        self._created = created
+        self._options = options
+        self._opid = os.getpid()
+        st = os.fstat(ring.fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._ring_id = ring.ring_id
+        self._stash = collections.deque()   # taken by get_many, not yet returned
+        self._set_serializer(serializer)
+        _live.add(self)
+
+    def _set_serializer(self, serializer):
+        self._serializer = serializer
+        self._dumps = serializer.dumps
+        self._loads = serializer.loads
+        # Bytes skip pickling only where pickling would give back equal bytes;
+        # other serializers take the general path (they may return str).
+        raw = self._raw_bytes = isinstance(serializer, _serial.PickleSerializer)
+        # The compiled put/get run the common case; the hooks are plain
+        # functions of the serializer (no reference back to this object, so
+        # the queue is freed without waiting for the cycle collector).
+        ring = self._ring
+        ring.enc_plain = _plain_types if raw else frozenset()
+        ring.enc_dumps = serializer.dumps
+        ring.enc_big = functools.partial(_big, serializer)
+        ring.enc_big_size = _OOB_RETRY if raw else 0
+        ring.enc_other = functools.partial(_encode, serializer, raw)
+        ring.enc_bytes_tag = TAG_BYTES if raw else -1
+        ring.dec_loads = serializer.loads
+        ring.dec_other = functools.partial(_decode, serializer)
+        self._bind()
+
+    def _bind(self):
+        # The stdlib binds methods of its pipes onto its queues the same way:
+        # put/get are then the ring's compiled methods, with no Python frame.
+        # The class's methods remain the general path (after close(), or
+        # while get_many has left items in the stash).
+        self.put = self._ring.put_obj
+        self.get = self._ring.get_obj
+
+    def _unbind(self):
+        self.__dict__.pop("put", None)
+        self.__dict__.pop("get", None)
+
+    # --------------------------------------------------------- pickling
+
+    def __reduce__(self):
+        ring = self._live_ring()
+        from multiprocessing import context
+        popen = context.get_spawning_popen()
+        if popen is not None:
+            handle = ("dup", popen.DupFd(popen.duplicate_for_child(ring.fd)))
+        else:
+            ring.register_holder()        # this process may be a forked child
+            holders = ring.holders()
+            me = (os.getpid(), ring.fd)
+            handle = ("proc", [me] + [h for h in holders if h != me])
+        return (_rebuild, (type(self), self._name, handle, self._ring_id,
+                           self._serializer, self._family, self._options))
+
+    # ---------------------------------------------------------- helpers
+
+    def _live_ring(self):
+        ring = self._ring
+        if ring is None:
+            raise ValueError(f"{self!r} is closed")
+        return ring
+
+    def _encode(self, obj):
+        return _encode(self._serializer, self._raw_bytes, obj)
+
+    def _decode(self, msg):
+        return _decode(self._serializer, msg)
+
+    # ------------------------------------------------------- the API
+
+    def put(self, obj, block=True, timeout=None):
+        """Put `obj` in the queue (``multiprocessing.Queue.put``). It is in
+        shared memory when put returns. Raises queue.Full if no room appears
+        in time, ShutDown after shutdown(), and the serializer's error (with
+        the queue unchanged) if obj cannot be serialized.
+
+        (Normally this is the ring's compiled put_obj, bound in _bind; this
+        method runs only when that binding is off.)"""
+        self._live_ring().put_obj(obj, block, timeout)
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the oldest item (``multiprocessing.Queue.get``).
+        Raises queue.Empty if none arrives in time; after shutdown(), ShutDown
+        once the queue is empty. (Normally the ring's compiled get_obj, bound
+        in _bind.)"""
+        ring = self._live_ring()
+        if self._stash:
+            item = self._unstash()
+            if not self._stash:
+                self._bind()
+            return item
+        return ring.get_obj(block, timeout)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def put_many(self, items, block=True, timeout=None):
+        """Put every item of `items`, in order, with one synchronisation (lock
+        round and at most one wake-up) for as many as fit at once.
+
+        All items are serialized first: one that cannot be raises and nothing
+        is put. Blocks like put() until all are in; if room does not appear
+        in time, raises queue.Full with ``put_count`` set to how many went in
+        (those stay in the queue). Raises ShutDown likewise after shutdown().
+        """
+        ring = self._live_ring()
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+        encoded = None
+        if self._raw_bytes and set(map(type, items)) <= _plain_types:
+            # Plain objects only (the common case): one tight loop, and the
+            # special cases only if some stream turns out large.
+            encoded = []
+            append = encoded.append
+            dumps = self._dumps
+            for obj in items:
+                append(dumps(obj))
+            if encoded and max(map(len, encoded)) >= _OOB_RETRY:
+                encoded = None
+        if encoded is None:
+            encoded = []
+            for obj in items:
+                msg, tag = self._encode(obj)
+                encoded.append(msg if tag == TAG_PICKLE else (tag, msg))
+        n = ring.put_many(encoded, block, timeout)
+        if n < len(encoded):
+            err = ShutDown() if ring.is_shutdown else _queue.Full()
+            err.put_count = n
+            raise err
+
+    def get_many(self, max_items=None, block=True, timeout=None):
+        """Remove and return a list of up to `max_items` items (None: all that
+        are there) for one synchronisation. Waits like get() until at least
+        one item is there; raises queue.Empty if none comes in time."""
+        ring = self._live_ring()
+        if self._stash:
+            out = []
+            while self._stash and (max_items is None or len(out) < max_items):
+                out.append(self._unstash())
+            return out
+        msgs = ring.get_many(max_items, block, timeout)
+        out = []
+        append = out.append
+        try:
+            if self._raw_bytes:
+                loads = self._loads
+                for msg in msgs:
+                    append(loads(msg) if type(msg) is bytes else self._decode(msg))
+            else:
+                for msg in msgs:
+                    append(self._decode(msg))
+        except BaseException:
+            # Like get(), the bad item is consumed and its error raised;
+            # nothing else is lost: the items before and after it are
+            # returned by this process's next get()/get_many().
+            self._stash.extend((True, o) for o in out)
+            self._stash.extend((False, m) for m in msgs[len(out) + 1:])
+            if self._stash:
+                self._unbind()        # get() must look in the stash first
+            raise
+        return out
+
+    def _unstash(self):
+        ready, value = self._stash.popleft()
+        return value if ready else self._decode(value)
+
+    def qsize(self):
+        """Number of items in the queue (exact; counts what other processes
+        put and got up to now)."""
+        return self._live_ring().qsize() + len(self._stash)
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        return self._live_ring().is_full()
+
+    def shutdown(self, immediate=False):
+        """Shut the queue down for every process (``queue.Queue.shutdown`` of
+        Python 3.13): put() raises ShutDown from now on, blocked puts and gets
+        wake; get() returns what is left, then raises ShutDown. With
+        `immediate`, what is left is discarded at once, and counted as done
+        for join()."""
+        ring = self._live_ring()
+        ring.shutdown()
+        if immediate:
+            self._stash.clear()
+            n = ring.drain()
+            ring.ack(n, True)
+
+    @property
+    def is_shutdown(self):
+        return self._live_ring().is_shutdown
+
+    def close(self):
+        """Release this process's hold on the queue (other processes keep
+        using it; the memory goes when no process holds it). Later calls on
+        this object raise ValueError."""
+        ring, self._ring = self._ring, None
+        self._unbind()
+        if ring is not None:
+            ring.close()
+
+    def join_thread(self):
+        # There is no feeder thread: every put() is in shared memory when it
+        # returns. Kept for the multiprocessing API, checks included.
+        if self._ring is not None:
+            raise AssertionError(f"Queue {self!r} not closed")
+
+    def cancel_join_thread(self):
+        pass
+
+    # ------------------------------------------------------- names
+
+    @property
+    def name(self):
+        """The queue's name (None for an anonymous queue)."""
+        return self._name
+
+    @property
+    def capacity(self):
+        """Size of the ring in bytes."""
+        return self._live_ring().capacity
+
+    @property
+    def maxsize(self):
+        return self._live_ring().maxsize
+
+    def unlink(self):
+        """Remove the queue's name (processes that have it open keep using
+        it). Does nothing for an anonymous queue, or if the name is gone or
+        now belongs to another queue."""
+        if self._name is None:
+            return
+        path = _path(self._name)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            _names.forget(self._family, "shm", self._name)
+            return
+        if (st.st_dev, st.st_ino) == self._ident:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            _forget_all(self._name)
+
+    def __repr__(self):
+        what = f"name={self._name!r}" if self._name else "anonymous"
+        state = "" if self._ring is not None else " closed"
+        return f"<mpx.shm.{self._family} {what}{state}>"
+
+
+class ShmQueue(_RingQueue):
+    """``multiprocessing.Queue`` on the shm ring (no feeder thread)."""
+
+    _family = "Queue"
+
+
+class ShmJoinableQueue(ShmQueue):
+    """``multiprocessing.JoinableQueue`` on the shm ring. The count of
+    unfinished tasks is the ring's count of messages put minus task_done()
+    calls, so a process killed at any point never makes it drift."""
+
+    _family = "JoinableQueue"
+
+    def task_done(self):
+        """Mark one item as done; ValueError if called more times than items
+        were put."""
+        if not self._live_ring().ack(1):
+            raise ValueError("task_done() called too many times")
+
+    def join(self, timeout=None):
+        """Block until every item put has been marked done. (`timeout`, an
+        mpx addition: returns False if it passes first, else True.)"""
+        return self._live_ring().wait_acked(timeout)
+
+
+class ShmSimpleQueue(_RingQueue):
+    """``multiprocessing.SimpleQueue`` on the shm ring."""
+
+    _family = "SimpleQueue"
+
+    def __init__(self, ctx=None, *, serializer=None, capacity=None, name=None,
+                 inline_max=None, spin=None, area=None):
+        super().__init__(ctx, 0, serializer=serializer, capacity=capacity, name=name,
+                         inline_max=inline_max, spin=spin, area=area)
+
+    def get(self):
+        return _RingQueue.get(self)
+
+    def put(self, obj):
+        return _RingQueue.put(self, obj)
+
+
+def _forget_all(bare):
+    for family in FAMILIES:
+        _names.forget(family, "shm", bare)
+
+
+# ---------------------------------------------------------- factories
+
+def Queue(ctx, maxsize=0, *, serializer=None, capacity=None, name=None, **kwargs):
+    """A Queue on the shared-memory ring.
+
+    capacity: ring size in bytes (rounded up to a power of two; default
+    1 MiB). Messages bigger than half the ring go to an overflow area of
+    `area` bytes (default max(16 x capacity, 256 MiB), given pages only when
+    big messages need them, and kept for reuse while the queue lives), and
+    beyond that to extents of their own: any size goes through.
+    name: open the named queue /dev/shm/<name>, creating it if it does not
+    exist. spin: seconds a waiter spins before sleeping (default 50 us; 0
+    never spins).
+    """
+    return ShmQueue(ctx, maxsize, serializer=serializer, capacity=capacity, name=name,
+                    **kwargs)
+
+
+def SimpleQueue(ctx, *, serializer=None, capacity=None, name=None, **kwargs):
+    """A SimpleQueue on the shared-memory ring (see Queue for the options)."""
+    return ShmSimpleQueue(ctx, serializer=serializer, capacity=capacity, name=name,
+                          **kwargs)
+
+
+def JoinableQueue(ctx, maxsize=0, *, serializer=None, capacity=None, name=None, **kwargs):
+    """A JoinableQueue on the shared-memory ring (see Queue for the options)."""
+    return ShmJoinableQueue(ctx, maxsize, serializer=serializer, capacity=capacity,
+                            name=name, **kwargs)
+
+
+# ------------------------------------------- the CLI's view of named queues
+
+def describe(entry):
+    """For ``python -m mpx ls``: None if the named queue is gone, else a dict."""
+    path = _path(entry["name"])
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {"size": "?", "error": e.strerror}
+    try:
+        ring = _ring.Ring.attach(fd, holder=False)
+    except (OSError, _ring.RingError) as e:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        return {"size": "?", "error": str(e)}
+    try:
+        info = ring.info()
+    finally:
+        ring.close()
+    return {"size": f"{info['messages']} msgs",
+            "capacity": info["capacity"], "maxsize": info["maxsize"],
+            "kind": _KIND_NAMES.get(info["kind"], "?"),
+            "shutdown": info["shutdown"]}
+
+
+def remove(entry):
+    """For ``python -m mpx rm``: unlink the named queue and forget it."""
+    try:
+        os.unlink(_path(entry["name"]))
+    except FileNotFoundError:
+        pass
+    _forget_all(entry["name"])

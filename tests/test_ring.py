@@ -1,0 +1,740 @@
+"""The shared-memory ring itself (mpx._ext.ring): layout checks, FIFO order
+across wrap-around, blocking and timeouts, overflow extents, shutdown, task
+accounting, and every repair path after a process is SIGKILLed at a chosen
+point (the ring's test-only crash points)."""
+
+import multiprocessing
+import os
+import random
+import signal
+import struct
+import threading
+import time
+import zlib
+
+import pytest
+
+from mpx._ext import ring as ringmod
+from mpx._ext.ring import Ring, RingEmpty, RingError, RingFull, RingShutdown
+
+FORK = multiprocessing.get_context("fork")
+HDR = ringmod.HEADER_SIZE
+
+
+def new_ring(capacity=4096, **kw):
+    return Ring.create(os.memfd_create("test-ring", os.MFD_CLOEXEC), capacity, **kw)
+
+
+def twin(ring):
+    """A second attachment to the same ring (as another process would have)."""
+    return Ring.attach(os.dup(ring.fd))
+
+
+def allocated(ring):
+    """Bytes of memory the ring's file really holds."""
+    return os.fstat(ring.fd).st_blocks * 512
+
+
+def spilled(ring):
+    """Bytes still allocated in the spill region (past the ring and the
+    overflow area, whose pages are kept for reuse), found with SEEK_DATA."""
+    total = 0
+    size = os.fstat(ring.fd).st_size
+    pos = ring.info()["spill_base"]
+    while pos < size:
+        try:
+            pos = os.lseek(ring.fd, pos, os.SEEK_DATA)
+        except OSError:             # ENXIO: no data from here on
+            break
+        end = os.lseek(ring.fd, pos, os.SEEK_HOLE)
+        total += end - pos
+        pos = end
+    return total
+
+
+def run_child(target, *args, timeout=30):
+    p = FORK.Process(target=target, args=args)
+    p.start()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        pytest.fail("child did not finish in time")
+    return p.exitcode
+
+
+# ------------------------------------------------------------ the header
+
+def test_create_rounds_capacity_and_reports_header():
+    r = new_ring(5000, maxsize=7, kind=3, ring_id=99)
+    info = r.info()
+    assert r.capacity == 8192 and info["capacity"] == 8192
+    assert info["version"] == ringmod.LAYOUT_VERSION
+    assert (info["maxsize"], info["kind"], info["ring_id"]) == (7, 3, 99)
+    assert info["messages"] == 0 and not info["shutdown"]
+    assert info["file_size"] == HDR + 8192
+    assert allocated(r) == HDR              # ring pages come with use
+    r.put(b"x" * 100)
+    assert r.info()["ring_allocated"] == 8192 and allocated(r) == HDR + 8192
+    r.close()
+    assert r.closed
+
+
+@pytest.mark.parametrize("bad", [0, -5, ringmod.MAX_CAPACITY + 1])
+def test_create_rejects_bad_capacity(bad):
+    fd = os.memfd_create("x")
+    try:
+        with pytest.raises(ValueError, match="capacity"):
+            Ring.create(fd, bad)
+    finally:
+        os.close(fd)
+
+
+def test_create_rejects_bad_maxsize_and_nonempty_file():
+    fd = os.memfd_create("x")
+    try:
+        with pytest.raises(ValueError, match="maxsize"):
+            Ring.create(fd, 4096, maxsize=-1)
+        os.write(fd, b"x")
+        with pytest.raises(RingError, match="empty file"):
+            Ring.create(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _attach_error(data):
+    fd = os.memfd_create("x")
+    try:
+        os.write(fd, data)
+        with pytest.raises(RingError) as e:
+            Ring.attach(fd)
+        return str(e.value)
+    finally:
+        os.close(fd)
+
+
+def test_attach_refuses_foreign_segments():
+    assert "smaller than a ring header" in _attach_error(b"")
+    assert "smaller than a ring header" in _attach_error(b"abc")
+    assert "magic" in _attach_error(b"\x7fELF" + b"\0" * 9000)
+
+
+def test_attach_refuses_other_layout_version():
+    r = new_ring()
+    os.pwrite(r.fd, struct.pack("<I", ringmod.LAYOUT_VERSION + 1), 8)
+    fd = os.dup(r.fd)
+    with pytest.raises(RingError, match=r"layout version \d+; this mpx reads version"):
+        Ring.attach(fd)
+    os.close(fd)
+    r.close()
+
+
+def test_attach_refuses_damaged_header():
+    r = new_ring()
+    os.pwrite(r.fd, struct.pack("<Q", 12345), 16)       # capacity: not a power of 2
+    fd = os.dup(r.fd)
+    with pytest.raises(RingError, match="impossible values"):
+        Ring.attach(fd)
+    os.close(fd)
+    r.close()
+
+
+def test_attach_sees_the_same_ring():
+    r = new_ring(8192, maxsize=3)
+    r2 = twin(r)
+    r.put(b"one")
+    assert r2.qsize() == 1 and r2.maxsize == 3 and r2.get() == b"one"
+    r2.close()
+    r.close()
+
+
+# ----------------------------------------------------------- put and get
+
+def test_parts_tags_and_empty_messages():
+    r = new_ring()
+    r.put(b"plain")
+    r.put([b"a", b"bc", bytearray(b"def")], tag=7)
+    r.put(b"", tag=0)
+    r.put([], tag=9)
+    r.put(memoryview(b"view"), tag=1)
+    assert r.get() == b"plain"
+    tag, parts = r.get()
+    assert tag == 7 and parts == [b"a", b"bc", b"def"]
+    assert type(parts[0]) is bytes and type(parts[1]) is bytearray
+    assert r.get() == b""
+    assert r.get() == (9, [])
+    assert r.get() == (1, [b"view"])
+    with pytest.raises(ValueError, match="tag"):
+        r.put(b"x", tag=256)
+    with pytest.raises(TypeError):
+        r.put(12345)
+    assert r.qsize() == 0
+    r.close()
+
+
+def test_fifo_order_across_wraparound():
+    rnd = random.Random(1)
+    r = new_ring(4096)
+    sent = []
+    got = []
+    for i in range(3000):
+        if rnd.random() < 0.55:
+            msg = rnd.randbytes(rnd.randrange(0, 900))
+            try:
+                r.put(msg, block=False)
+                sent.append(msg)
+            except RingFull:
+                pass
+        else:
+            try:
+                got.append(r.get(block=False))
+            except RingEmpty:
+                pass
+    got.extend(r.get_many(block=False) if r.qsize() else [])
+    assert got == sent
+    r.close()
+
+
+def test_nonblocking_and_timeouts():
+    r = new_ring(4096)
+    with pytest.raises(RingEmpty):
+        r.get(block=False)
+    t = time.monotonic()
+    with pytest.raises(RingEmpty):
+        r.get(timeout=0.1)
+    assert 0.09 <= time.monotonic() - t < 2
+    with pytest.raises(RingEmpty):
+        r.get(timeout=-1)
+    while True:
+        try:
+            r.put(b"x" * 500, block=False)
+        except RingFull:
+            break
+    assert r.is_full()
+    t = time.monotonic()
+    with pytest.raises(RingFull):
+        r.put(b"x" * 500, timeout=0.1)
+    assert 0.09 <= time.monotonic() - t < 2
+    r.get()
+    r.put(b"x" * 500, timeout=0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        r.get(timeout=float("nan"))
+    r.close()
+
+
+def test_maxsize_counts_messages():
+    r = new_ring(4096, maxsize=2)
+    r.put(b"a")
+    r.put(b"b")
+    assert r.is_full()
+    with pytest.raises(RingFull):
+        r.put(b"c", block=False)
+    assert r.put_many([b"c", b"d"], block=False) == 0
+    assert r.get() == b"a"
+    assert r.put_many([b"c", b"d"], block=False) == 1
+    assert r.get_many() == [b"b", b"c"]
+    r.close()
+
+
+def test_put_many_and_get_many():
+    r = new_ring(4096)
+    assert r.put_many([b"m%d" % i for i in range(10)] + [(5, [b"p", b"q"])]) == 11
+    assert r.qsize() == 11
+    assert r.get_many(max_items=3) == [b"m0", b"m1", b"m2"]
+    rest = r.get_many()
+    assert rest[:-1] == [b"m%d" % i for i in range(3, 10)] and rest[-1] == (5, [b"p", b"q"])
+    with pytest.raises(RingEmpty):
+        r.get_many(block=False)
+    with pytest.raises(ValueError):
+        r.get_many(max_items=0)
+    # A batch larger than the ring goes in pieces; without a consumer the
+    # rest times out and the count says how far it got.
+    n = r.put_many([b"z" * 100] * 100, timeout=0.05)
+    assert 0 < n < 100 and r.qsize() == n
+    # An item that is not a buffer fails before anything is put.
+    r.drain()
+    with pytest.raises(TypeError):
+        r.put_many([b"ok", 42])
+    assert r.qsize() == 0
+    r.close()
+
+
+# ---------------------------------------------------------- big messages
+
+def test_spill_messages_of_any_size_and_their_memory():
+    r = new_ring(8192, area=0)                  # no overflow area: all spill
+    big = os.urandom(3_000_000)
+    r.put(big)                                  # far larger than the ring
+    r.put([b"head", big, b"tail"], tag=4)
+    r.put(b"small")
+    assert r.qsize() == 3 and spilled(r) > 2 * len(big)
+    assert r.get() == big
+    assert r.get() == (4, [b"head", big, b"tail"])
+    assert r.get() == b"small"
+    assert spilled(r) == 0                      # every extent was freed
+    r.put(b"x" * 5000)                          # > inline_max (half the ring)
+    assert r.info()["file_size"] > HDR + 8192
+    assert r.get() == b"x" * 5000
+    r.put(big)                                  # ring empty: the file shrinks back
+    assert r.info()["spill_next"] == HDR + 8192 + len(big) + (-len(big)) % 4096
+    assert r.get_many() == [big]
+    assert spilled(r) == 0
+    r.close()
+
+
+def test_overflow_area_is_reused_and_bounded():
+    r = new_ring(8192, area=256 * 1024)
+    r.put(b"x")
+    r.get()
+    base = allocated(r)                         # header and ring
+    msgs = [os.urandom(50_000 + i) for i in range(40)]
+    for m in msgs:                              # 2 MB through a 256 KiB area
+        r.put(m)
+        assert r.get() == m
+    info = r.info()
+    assert info["area_used"] == 0
+    assert base < allocated(r) <= base + 256 * 1024   # pages kept, never more
+    # More than the area holds at once: the rest spills, and the spill
+    # extents are freed as they are read while the area's pages stay.
+    r.put_many(msgs[:8])
+    assert allocated(r) > base + 256 * 1024
+    assert r.get_many() == msgs[:8]
+    assert r.info()["area_used"] == 0
+    assert allocated(r) <= base + 256 * 1024
+    big = os.urandom(1_000_000)                 # bigger than the whole area
+    r.put(big)
+    assert r.get() == big
+    r.close()
+
+
+def test_overflow_area_wraps_without_splitting_extents():
+    r = new_ring(4096, area=64 * 1024)
+    rnd = random.Random(5)
+    pending = []
+    for _ in range(400):
+        if len(pending) < 3 and rnd.random() < 0.6:
+            m = rnd.randbytes(rnd.randrange(3000, 30_000))
+            r.put(m)
+            pending.append(m)
+        elif pending:
+            assert r.get() == pending.pop(0)
+    assert r.get_many() == pending if pending else True
+    r.close()
+
+
+def test_large_copies_release_the_gil():
+    r = new_ring(1 << 22)
+    big = bytes(3 << 20)
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    try:
+        for _ in range(20):
+            r.put(big)
+            r.get()
+    finally:
+        stop.set()
+        th.join(5)
+    assert ticks
+    r.close()
+
+
+# ---------------------------------------------------------- shutdown, acks
+
+def test_shutdown_drains_then_refuses():
+    r = new_ring()
+    r2 = twin(r)
+    r.put(b"left")
+    r2.shutdown()
+    assert r.is_shutdown
+    with pytest.raises(RingShutdown):
+        r.put(b"more")
+    assert r.put_many([b"x"]) == 0
+    assert r.get() == b"left"
+    with pytest.raises(RingShutdown):
+        r.get()
+    with pytest.raises(RingShutdown):
+        r.get_many(block=False)
+    r.close()
+    r2.close()
+
+
+def test_shutdown_wakes_blocked_callers():
+    r = new_ring(4096)
+    r.put(b"y" * 1500)
+    r.put(b"y" * 1500)            # the next one of this size does not fit
+    errors = []
+
+    def blocked(fn):
+        try:
+            fn()
+        except Exception as e:              # noqa: BLE001 - recorded and checked
+            errors.append(type(e))
+
+    ths = [threading.Thread(target=blocked, args=(lambda: r.put(b"z" * 1500),))]
+    r2 = new_ring(4096)
+    ths.append(threading.Thread(target=blocked, args=(r2.get,)))
+    for th in ths:
+        th.start()
+    time.sleep(0.2)
+    r.shutdown()
+    r2.shutdown()
+    for th in ths:
+        th.join(5)
+        assert not th.is_alive()
+    assert errors == [RingShutdown, RingShutdown]
+    r.close()
+    r2.close()
+
+
+def test_nonblocking_calls_never_wait_behind_a_waiter():
+    # A producer blocked for room for a big message must not make a small
+    # put_nowait wait (there is room for that one), and a consumer blocked
+    # for a message must not make get(timeout=0) wait.
+    r = new_ring(4096)
+    r.put(b"y" * 1500)
+    r.put(b"y" * 1500)
+    big = threading.Thread(target=lambda: r.put(b"z" * 1500, timeout=10))
+    big.start()
+    time.sleep(0.1)
+    t = time.monotonic()
+    r.put(b"s" * 100, block=False)
+    r.put(b"s" * 100, timeout=0)
+    assert time.monotonic() - t < 0.5
+    r.drain()
+    big.join(10)
+    r.drain()
+    waiter = threading.Thread(target=lambda: pytest.raises(RingEmpty, r.get, timeout=1))
+    waiter.start()
+    time.sleep(0.1)
+    t = time.monotonic()
+    with pytest.raises(RingEmpty):
+        r.get(timeout=0)
+    with pytest.raises(RingEmpty):
+        r.get(block=False)
+    assert time.monotonic() - t < 0.5
+    waiter.join(10)
+    r.close()
+
+
+def test_ack_counts_against_puts():
+    r = new_ring()
+    assert r.unacked() == 0 and r.wait_acked(0)
+    r.put_many([b"a", b"b", b"c"])
+    assert r.unacked() == 3
+    assert r.ack(2) and r.unacked() == 1
+    assert not r.ack(2) and r.unacked() == 1       # too many: nothing changes
+    assert not r.wait_acked(timeout=0.05)
+    th = threading.Timer(0.1, r.ack)
+    th.start()
+    assert r.wait_acked(timeout=5)
+    th.join()
+    r.put(b"d")
+    assert r.ack(5, True) and r.unacked() == 0     # clamped
+    r.close()
+
+
+def test_aux_words():
+    r = new_ring()
+    assert r.aux_load(0) == 0
+    assert r.aux_add(0, 5) == 0 and r.aux_load(0) == 5
+    assert r.aux_cas(0, 5, 7) and not r.aux_cas(0, 5, 9)
+    r.aux_store(14, 3)
+    assert r.aux_load(14) == 3
+    with pytest.raises(IndexError):
+        r.aux_load(15)
+    assert not r.aux_wait(1, 0, timeout=0.02)
+    th = threading.Timer(0.05, lambda: (r.aux_store(1, 1), r.aux_wake(1)))
+    th.start()
+    assert r.aux_wait(1, 0, timeout=5)
+    th.join()
+    r.close()
+
+
+# ---------------------------------------------------- close, threads, signals
+
+def test_close_while_another_thread_waits():
+    r = new_ring()
+    seen = []
+
+    def waiter():
+        try:
+            r.get(timeout=10)
+        except ValueError as e:
+            seen.append(str(e))
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    time.sleep(0.2)
+    r.close()
+    th.join(5)
+    assert not th.is_alive() and seen and "closed" in seen[0]
+    with pytest.raises(ValueError, match="closed"):
+        r.put(b"x")
+    r.close()                                       # twice is fine
+
+
+def test_ctrl_c_gets_through_a_blocked_get():
+    r = new_ring()
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    t = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            r.get()                                 # would wait forever
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t < 3
+    r.close()
+
+
+def _note_holder(r, out):
+    r.register_holder()
+    out.put((os.getpid(), r.fd))
+
+
+def test_holders_table():
+    r = new_ring()
+    assert r.holders() == [(os.getpid(), r.fd)]
+    r2 = twin(r)
+    assert r2.holders() == [(os.getpid(), r2.fd)]   # one slot per process
+    r2.close()                                      # its entry goes with it
+    assert r.holders() == []
+    r.register_holder()
+    out = FORK.SimpleQueue()
+    assert run_child(_note_holder, r, out) == 0
+    child = out.get()
+    assert sorted(r.holders()) == sorted([(os.getpid(), r.fd), child])
+    r.close()
+
+
+# ------------------------------------------------------- across processes
+
+def _echo(r_in, r_out, n, spin):
+    r_in.spin_max_ns = spin
+    r_out.spin_max_ns = spin
+    for _ in range(n):
+        r_out.put(r_in.get(timeout=10))
+
+
+@pytest.mark.parametrize("spin", [0, 50_000], ids=["futex-only", "spin"])
+def test_ping_pong_never_loses_a_wakeup(spin):
+    a, b = new_ring(), new_ring()
+    a.spin_max_ns = b.spin_max_ns = spin
+    p = FORK.Process(target=_echo, args=(a, b, 300, spin))
+    p.start()
+    worst = 0
+    for i in range(300):
+        t = time.monotonic()
+        a.put(b"%d" % i)
+        assert b.get(timeout=10) == b"%d" % i
+        worst = max(worst, time.monotonic() - t)
+    p.join(10)
+    assert p.exitcode == 0
+    # A lost wake-up costs a whole safety-net slice (1 s).
+    assert worst < 0.5
+    a.close()
+    b.close()
+
+
+def _batch_consumer(r, n, out):
+    got = 0
+    slow = 0
+    while got < n:
+        t = time.monotonic()
+        got += len(r.get_many(max_items=100, timeout=10))
+        slow = max(slow, time.monotonic() - t)
+    out.put(slow)
+
+
+def test_batches_never_stall():
+    # Regression: a consumer that found the WAITERS bit already set used to
+    # sleep through the producer's clearing of it (a 1 s stall per batch).
+    r = new_ring(1 << 20)
+    out = FORK.SimpleQueue()
+    p = FORK.Process(target=_batch_consumer, args=(r, 20000, out))
+    p.start()
+    for _ in range(200):
+        assert r.put_many([b"payload-123"] * 100, timeout=10) == 100
+        time.sleep(0.0005)
+    p.join(30)
+    assert p.exitcode == 0
+    assert out.get() < 0.5
+    r.close()
+
+
+def _producer(r, pid, n, size):
+    rnd = random.Random(pid)
+    for i in range(n):
+        body = rnd.randbytes(rnd.randrange(size))
+        r.put(struct.pack("<III", pid, i, zlib.crc32(body)) + body, timeout=20)
+
+
+def _consumer(r, results):
+    got = []
+    while True:
+        try:
+            msg = r.get(timeout=20)
+        except RingShutdown:
+            break
+        pid, i, crc = struct.unpack_from("<III", msg)
+        assert zlib.crc32(msg[12:]) == crc
+        got.append((pid, i))
+    results.put(got)
+
+
+def test_many_producers_many_consumers_exactly_once():
+    r = new_ring(8192, maxsize=50)
+    results = FORK.SimpleQueue()
+    n, size = 400, 3000       # some messages overflow (inline_max is 4096)
+    prods = [FORK.Process(target=_producer, args=(r, k, n, size)) for k in range(3)]
+    cons = [FORK.Process(target=_consumer, args=(r, results)) for _ in range(3)]
+    for p in prods + cons:
+        p.start()
+    for p in prods:
+        p.join(60)
+        assert p.exitcode == 0
+    r.shutdown()
+    got = [results.get() for _ in cons]
+    for p in cons:
+        p.join(30)
+        assert p.exitcode == 0
+    everything = [x for g in got for x in g]
+    assert sorted(everything) == sorted((k, i) for k in range(3) for i in range(n))
+    for g in got:                       # each producer's messages stay in order
+        for k in range(3):
+            mine = [i for pid, i in g if pid == k]
+            assert mine == sorted(mine)
+    r.close()
+
+
+# ------------------------------------------------ kills at chosen points
+
+def _crash_put(r, point, msg):
+    r.crash_point = ringmod.CRASH_POINTS[point]
+    r.put(msg)
+
+
+def _crash_get(r, point):
+    r.crash_point = ringmod.CRASH_POINTS[point]
+    r.get(timeout=10)
+
+
+def _hold_and_die(r, producer):
+    r._test_hold_lock(producer)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+OVERFLOWS = [(100, None), (50_000, None), (50_000, 0)]
+OVERFLOW_IDS = ["inline", "area", "spill"]
+
+
+@pytest.mark.parametrize("size, area", OVERFLOWS, ids=OVERFLOW_IDS)
+def test_producer_killed_before_publishing_leaves_nothing(size, area):
+    r = new_ring(16384, area=area)
+    r.put(b"before")
+    assert run_child(_crash_put, r, "producer_before_publish", b"k" * size) == -signal.SIGKILL
+    assert r.qsize() == 1
+    r.put(b"after", timeout=5)                  # the lock is taken over
+    assert r.info()["repairs"] == 1
+    assert r.get_many() == [b"before", b"after"]
+    # A half-written spill extent is freed; a claimed piece of the area is
+    # given back with the next area message consumed.
+    assert spilled(r) == 0
+    r.put(b"a" * 50_000)
+    assert r.get() == b"a" * 50_000
+    assert r.info()["area_used"] == 0
+    r.close()
+
+
+@pytest.mark.parametrize("area", [0, None], ids=["spill", "area"])
+def test_producer_killed_after_publishing_keeps_its_message(area):
+    r = new_ring(16384, area=area)
+    big = os.urandom(50_000)
+    assert run_child(_crash_put, r, "producer_after_publish", big) == -signal.SIGKILL
+    r.put(b"after", timeout=5)
+    assert r.info()["repairs"] == 1
+    assert r.get() == big                       # the repair did not free it
+    assert r.get() == b"after"
+    r.close()
+
+
+@pytest.mark.parametrize("size, area", OVERFLOWS, ids=OVERFLOW_IDS)
+def test_consumer_killed_after_copying_leaves_the_message(size, area):
+    r = new_ring(16384, area=area)
+    msg = os.urandom(size)
+    r.put(msg)
+    r.put(b"second")
+    assert run_child(_crash_get, r, "consumer_after_copy") == -signal.SIGKILL
+    assert r.get(timeout=5) == msg              # exactly once: still there
+    assert r.info()["repairs"] == 1
+    assert r.get() == b"second"
+    r.close()
+
+
+def test_consumer_killed_after_taking_a_spilled_message():
+    r = new_ring(16384, area=0)
+    r.put(os.urandom(50_000))
+    r.put(b"second")
+    assert run_child(_crash_get, r, "consumer_after_taken") == -signal.SIGKILL
+    # Its message went with it; the next consumer frees the extent, skips it.
+    assert r.get(timeout=5) == b"second"
+    assert r.qsize() == 0 and spilled(r) == 0
+    r.close()
+
+
+@pytest.mark.parametrize("producer", [True, False], ids=["producer", "consumer"])
+def test_lock_holder_killed_does_not_wedge(producer):
+    r = new_ring()
+    r.put(b"m")
+    assert run_child(_hold_and_die, r, producer) == -signal.SIGKILL
+    t = time.monotonic()
+    if producer:
+        r.put(b"n", timeout=5)
+    else:
+        assert r.get(timeout=5) == b"m"
+    assert time.monotonic() - t < 1
+    assert r.info()["repairs"] == 1
+    r.close()
+
+
+def _out_of_memory(out):
+    import resource
+
+    # fallocate past RLIMIT_FSIZE fails the way a full /dev/shm does; the
+    # overflow area and spill extents lie beyond the limit.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (HDR + 65536,) * 2)
+    r = new_ring(65536, area=1 << 20)
+    results = []
+    r.put(b"fits")
+    for size in (100_000, 5_000_000):          # too big for the ring: area, then spill
+        try:
+            r.put(os.urandom(size))
+        except OSError as e:
+            results.append(e.errno)
+    results.append((r.qsize(), r.get()))
+    r.put(b"still works")
+    results.append(r.get())
+    out.put(results)
+
+
+def test_running_out_of_shared_memory_is_an_error_not_a_crash():
+    out = FORK.SimpleQueue()
+    assert run_child(_out_of_memory, out) == 0
+    assert out.get() == [27, 27, (1, b"fits"), b"still works"]      # EFBIG, cleanly
