@@ -35,6 +35,7 @@ import tempfile
 import weakref
 
 from .. import _names
+from ._procfd import open_from_holders
 
 __all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
            "attach", "reattach", "unlink", "describe", "remove", "array_dir"]
@@ -229,26 +230,6 @@ def attach(name, *, readonly=False):
     return _segment_or_close(name, _open_existing(name, readonly), readonly)
 
 
-def _open_holder(holders, identity, readonly):
-    """Open the file through /proc/<pid>/fd/<fd> of a process holding it.
-    Returns (fd or None, whether some attempt was refused for permission)."""
-    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
-    denied = False
-    for pid, hfd in holders:
-        try:
-            fd = os.open(f"/proc/{int(pid)}/fd/{int(hfd)}", flags)
-        except PermissionError:
-            denied = True
-            continue
-        except OSError:
-            continue
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == tuple(identity):
-            return fd, denied
-        os.close(fd)    # the pid or descriptor was reused for something else
-    return None, denied
-
-
 def reattach(ref, *, readonly=False):
     identity, name, holders = ref
     if name is not None:
@@ -261,7 +242,7 @@ def reattach(ref, *, readonly=False):
             if (st.st_dev, st.st_ino) == tuple(identity):
                 return _segment_or_close(name, fd, readonly, holders)
             os.close(fd)    # the path now holds another file
-    fd, denied = _open_holder(holders, identity, readonly)
+    fd, denied = open_from_holders(holders, identity, readonly)
     if fd is not None:
         return _segment_or_close(name, fd, readonly, holders)
     pids = ", ".join(str(p) for p, _ in holders)

@@ -70,6 +70,7 @@ import weakref
 import posix_ipc
 
 from .. import _names
+from ._procfd import open_from_holders
 
 __all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
            "attach", "reattach", "unlink", "describe", "remove", "unavailable"]
@@ -233,26 +234,6 @@ def attach(name, *, readonly=False):
     return _segment_or_close(name, _shm_open(name, 0, readonly=readonly), readonly)
 
 
-def _open_holder(holders, identity, readonly):
-    """Open the segment through /proc/<pid>/fd/<fd> of a process holding it.
-    Returns (fd or None, whether some attempt was refused for permission)."""
-    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
-    denied = False
-    for pid, hfd in holders:
-        try:
-            fd = os.open(f"/proc/{int(pid)}/fd/{int(hfd)}", flags)
-        except PermissionError:
-            denied = True
-            continue
-        except OSError:
-            continue
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == tuple(identity):
-            return fd, denied
-        os.close(fd)    # the pid or descriptor was reused for something else
-    return None, denied
-
-
 def reattach(ref, *, readonly=False):
     identity, name, holders = ref
     if name is not None:
@@ -265,7 +246,7 @@ def reattach(ref, *, readonly=False):
             if (st.st_dev, st.st_ino) == tuple(identity):
                 return _segment_or_close(name, fd, readonly, holders)
             os.close(fd)    # the name now belongs to another object
-    fd, denied = _open_holder(holders, identity, readonly)
+    fd, denied = open_from_holders(holders, identity, readonly)
     if fd is not None:
         return _segment_or_close(name, fd, readonly, holders)
     pids = ", ".join(str(p) for p, _ in holders)
