@@ -13,8 +13,10 @@
 # Messages too big for the ring go to the overflow area, a second FIFO of
 # contiguous extents whose pages are allocated on first use and then reused
 # (page allocation and mapping cost far more than the copy on a VM), mapped
-# once per process. A message bigger than the area's free room goes to a
-# "spill" extent of its own further on, allocated and freed per message.
+# once per process. Like the ring it has flow control: past `area_soft` live
+# bytes, producers wait (so its memory follows a bounded backlog). Only a
+# message bigger than the whole area goes to a "spill" extent of its own
+# further on, allocated and freed per message.
 #
 # Concurrency design (why it survives SIGKILL at any instruction):
 # - One robust, process-shared pthread mutex per side, held only while
@@ -110,6 +112,7 @@ cdef extern from *:
         uint32_t creator_pid;    /* pid of the creating process (information only) */
         uint32_t page_size;      /* page size the overflow extents are aligned to */
         uint64_t area_size;      /* bytes of the overflow area after the ring (0 = none) */
+        uint64_t area_soft;      /* live area bytes beyond which producers wait (flow control) */
         /* line 1: producers publish, consumers read */
         _Alignas(64) uint64_t tail;   /* packed: messages put, end byte position, SHUT|WAIT */
         /* line 2: consumers publish, producers read */
@@ -126,10 +129,13 @@ cdef extern from *:
         uint64_t area_next;           /* overflow area: next free position (a running total) */
         uint64_t area_alloc;          /* overflow area: bytes from its start that have pages */
         uint64_t ring_alloc;          /* ring: bytes from its start that have pages (first lap) */
+        uint64_t area_gap_start;      /* overflow area: start of the bytes skipped by the last lap change */
+        uint64_t area_gap_end;        /* ... and their end (the lap start); ignored once head is past */
         /* lines 6-7: consumer lock */
         _Alignas(64) pthread_mutex_t cons_lock;  /* robust mutex of the consumers */
         uint64_t repairs;             /* times a lock was taken over from a dead owner */
-        uint64_t area_head;           /* overflow area: end of the last extent consumed (running total) */
+        uint64_t area_head;           /* overflow area: end of the last extent consumed (running
+                                         total, a multiple of 64); bit 0 = producers wait on it */
         /* waiting: a process that must wait for room (or for a message)
            first takes its side's wait lock, so at most one process per side
            sleeps on the ring word and the others queue on the mutex; the
@@ -204,6 +210,7 @@ cdef extern from *:
         uint32_t creator_pid        # pid of the creator (information only)
         uint32_t page_size          # alignment of overflow extents
         uint64_t area_size          # bytes of the overflow area (0 = none)
+        uint64_t area_soft          # live area bytes beyond which producers wait
         uint64_t tail               # packed count/position/flags, producers publish
         uint64_t head               # packed count/position/flags, consumers publish
         uint32_t acked              # tasks acknowledged mod 2^28, bit 31 = joiners wait
@@ -216,9 +223,11 @@ cdef extern from *:
         uint64_t area_next          # overflow area: next free position (running total)
         uint64_t area_alloc         # overflow area: bytes from its start that have pages
         uint64_t ring_alloc         # ring: bytes from its start that have pages
+        uint64_t area_gap_start     # overflow area: start of the bytes the last lap change skipped
+        uint64_t area_gap_end       # ... and their end
         pthread_mutex_t cons_lock   # robust mutex of the consumers
         uint64_t repairs            # lock take-overs from dead owners
-        uint64_t area_head          # overflow area: end of the last extent consumed
+        uint64_t area_head          # overflow area: end of the last extent consumed; bit 0 = waiters
         pthread_mutex_t prod_wait   # robust mutex of producers waiting for room
         pthread_mutex_t cons_wait   # robust mutex of consumers waiting for a message
         uint64_t holders[32]        # pid << 32 | fd hints for reopening

@@ -178,6 +178,10 @@ cdef enum:
 # The ring's pages are allocated in chunks of this many bytes.
 cdef enum:
     RING_CHUNK = 65536
+# area_head's low bits are always 0 (extents are 64-byte aligned); bit 0
+# flags producers sleeping on it, waiting for area room.
+cdef enum:
+    AREA_WAIT = 1
 # Largest overflow area (virtual address space is mapped for all of it).
 MAX_AREA = 1 << 36
 # Longest spin on a contended lock before sleeping on it.
@@ -489,6 +493,8 @@ cdef class Ring:
     cdef uint64_t spill_base        # file offset where spill extents start
     cdef char* area                 # this process's mapping of the area (lazy)
     cdef uint64_t area_taken_end    # end of the last area extent _take copied
+    cdef uint64_t area_soft         # cached from the header
+    cdef uint64_t area_seen         # area_head as the last refused _area_put saw it
     cdef int my_pid                 # pid that mapped this object
     cdef int64_t spin_ns            # current adaptive spin budget
     cdef public int64_t spin_max_ns # largest spin budget (0 disables spinning)
@@ -536,12 +542,15 @@ cdef class Ring:
 
     @staticmethod
     def create(int fd, capacity, *, maxsize=0, kind=0, ring_id=0, inline_max=None,
-               area=None):
+               area=None, area_backlog=None):
         """Initialise a new ring in the empty file `fd` (which the Ring then
         owns and closes). `capacity` is rounded up to a power of two.
         `area`: bytes of overflow area for messages too big for the ring
         (default max(16 x capacity, 256 MiB); pages are only allocated once a
-        big message needs them; 0: none, every big message spills)."""
+        big message needs them; 0: none, every big message spills).
+        `area_backlog`: bytes of big messages that may wait in the area before
+        producers wait too (default 4 x capacity; a message is always let in
+        beside one other of its size, so big ones are double-buffered)."""
         cdef uint64_t cap = MIN_CAPACITY
         cdef Ring self
         cdef pthread_mutexattr_t attr
@@ -564,6 +573,10 @@ cdef class Ring:
         if area < 0 or area > MAX_AREA:
             raise ValueError(f"area must be between 0 and {MAX_AREA} bytes, not {area!r}")
         area = (area + page - 1) // page * page
+        if area_backlog is None:
+            area_backlog = 4 * cap
+        if area_backlog < 0:
+            raise ValueError(f"area_backlog must be >= 0, not {area_backlog!r}")
         size = mpx_file_size(fd)
         if size < 0:
             raise OSError(mpx_errno(), os.strerror(mpx_errno()))
@@ -593,6 +606,7 @@ cdef class Ring:
         h.creator_pid = getpid()
         h.page_size = page
         h.area_size = area
+        h.area_soft = area_backlog
         h.tail = 0
         h.head = 0
         h.acked = 0
@@ -602,6 +616,8 @@ cdef class Ring:
         h.area_alloc = 0
         h.area_head = 0
         h.ring_alloc = 0
+        h.area_gap_start = 0
+        h.area_gap_end = 0
         for m in range(4):
             pthread_mutexattr_init(&attr)
             pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
@@ -713,6 +729,7 @@ cdef class Ring:
         self.maxsize = self.hdr.maxsize
         self.page = self.hdr.page_size
         self.area_size = self.hdr.area_size
+        self.area_soft = self.hdr.area_soft
         self.area_base = MPX_RING_HDR_SIZE + self.cap
         self.spill_base = self.area_base + self.area_size
 
@@ -741,6 +758,7 @@ cdef class Ring:
             mpx_futex_wake(mpx_lo32(&self.hdr.tail), INT32_MAX)
             mpx_futex_wake(mpx_lo32(&self.hdr.head), INT32_MAX)
             mpx_futex_wake(&self.hdr.acked, INT32_MAX)
+            mpx_futex_wake(mpx_lo32(&self.hdr.area_head), INT32_MAX)
         else:
             self._unmap(True)
 
@@ -859,7 +877,7 @@ cdef class Ring:
             "spill_next": h.ovf_next,
             "spill_base": self.spill_base,
             "area_size": h.area_size, "area_allocated": h.area_alloc,
-            "area_used": h.area_next - h.area_head,
+            "area_used": self._area_backlog(h.area_next, h.area_head & ~(<uint64_t>AREA_WAIT)),
             "repairs": mpx_load64(&h.repairs),
             "file_size": mpx_file_size(self.fd),
         }
@@ -1055,6 +1073,20 @@ cdef class Ring:
     cdef int _put_bufs(self, Py_buffer* bufs, Py_ssize_t nparts, int tag,
                        int64_t deadline, bint block) except -2:
         """Put one message: 1 done, 0 no room in time, -1 shut down."""
+        cdef int r
+        while True:
+            r = self._put_once(bufs, nparts, tag, deadline, block)
+            if r != 2:
+                return r
+            # The overflow area has no room now: wait until a consumer frees
+            # an extent (area_head moves), then try again.
+            if not block or deadline == 0 or not self._wait_area(self.area_seen, deadline):
+                return 0
+
+    cdef int _put_once(self, Py_buffer* bufs, Py_ssize_t nparts, int tag,
+                       int64_t deadline, bint block) except -2:
+        """One attempt of _put_bufs: 1 done, 0 no room in time, -1 shut down,
+        2 the overflow area has no room (area_seen holds the head it saw)."""
         cdef mpx_ring_header* h = self.hdr
         cdef uint64_t body = body_length(bufs, nparts)
         cdef uint64_t rec = 8 + round8(body)
@@ -1065,7 +1097,7 @@ cdef class Ring:
         cdef mpx_ovf_ref ref
         cdef char* ext
         cdef int r, err = 0
-        cdef bint in_area
+        cdef int in_area
         while True:
             if not block or deadline == 0:
                 # Answer at once when there is no room, whoever waits for it.
@@ -1092,13 +1124,16 @@ cdef class Ring:
         rh.tag = tag
         rh.nparts = <uint16_t>nparts
         nt = mpx_pack(mpx_cnt(t) + 1, mpx_pos(t) + 8 + round8(rh.len), 0)
-        in_area = False
+        in_area = 0
         if overflow:
             try:
                 in_area = self._area_put(bufs, nparts, body, &ref)
             except BaseException:
                 pthread_mutex_unlock(&h.prod_lock)     # never leave it held
                 raise
+            if in_area == 2:
+                pthread_mutex_unlock(&h.prod_lock)
+                return 2
         if in_area:
             copy_in(self.data, self.mask, mpx_pos(t) + 8, <char*>&ref, sizeof(ref))
             overflow = False           # nothing pending to clean up at publish
@@ -1149,6 +1184,55 @@ cdef class Ring:
             mpx_futex_wake(mpx_lo32(&h.tail), INT32_MAX)
         return 1 if r > 0 else -1
 
+    cdef inline uint64_t _area_backlog(self, uint64_t nxt, uint64_t head) noexcept nogil:
+        """Bytes of live extents in the area: [head, next) less the bytes the
+        last lap change skipped, while head has not passed them. (Only one
+        such gap can be pending: the producer cannot finish a lap while the
+        head is still in the one before. A gap recorded by a producer killed
+        before claiming its extent lies past `next` and is ignored.)"""
+        cdef mpx_ring_header* h = self.hdr
+        cdef uint64_t used = nxt - head, gs = h.area_gap_start, ge = h.area_gap_end
+        if ge <= nxt and head <= gs and gs < ge and used >= ge - gs:
+            used -= ge - gs
+        return used
+
+    cdef int _wait_area(self, uint64_t seen, int64_t deadline) except -1:
+        """Without the producer lock: wait until area_head is no longer `seen`
+        (a consumer freed an extent: the answer may change) or the ring is
+        shut down (1), or until `deadline` (0)."""
+        cdef mpx_ring_header* h = self.hdr
+        cdef uint64_t a
+        cdef int64_t left
+        cdef int r = 1, fr
+        if not self._lock(&h.prod_wait, deadline, SIDE_WAIT):
+            return 0
+        try:
+            while True:
+                a = mpx_load64(&h.area_head)
+                if (a & ~(<uint64_t>AREA_WAIT)) != seen or (mpx_load64(&h.tail) & MPX_F_SHUT):
+                    break
+                left = MAX_SLEEP_NS
+                if deadline >= 0:
+                    left = deadline - monotonic_ns()
+                    if left <= 0:
+                        r = 0
+                        break
+                    if left > MAX_SLEEP_NS:
+                        left = MAX_SLEEP_NS
+                if not (a & AREA_WAIT):
+                    if not mpx_cas64(&h.area_head, a, a | AREA_WAIT):
+                        continue
+                    a |= AREA_WAIT
+                with nogil:
+                    fr = mpx_futex_wait(mpx_lo32(&h.area_head), <uint32_t>a, left)
+                if self.closing:
+                    raise ValueError("the queue was closed while waiting")
+                if fr == EINTR:
+                    PyErr_CheckSignals()
+        finally:
+            pthread_mutex_unlock(&h.prod_wait)
+        return r
+
     cdef int _ring_pages(self, uint64_t pos, uint64_t n) noexcept nogil:
         """Producer lock held: make sure the ring bytes [pos, pos+n) have
         pages (only ever allocates during the tail's first lap). 0 or errno."""
@@ -1168,17 +1252,19 @@ cdef class Ring:
         mpx_store64(&h.ring_alloc, end)
         return 0
 
-    cdef bint _area_put(self, Py_buffer* bufs, Py_ssize_t nparts, uint64_t body,
-                        mpx_ovf_ref* ref) except -1:
+    cdef int _area_put(self, Py_buffer* bufs, Py_ssize_t nparts, uint64_t body,
+                       mpx_ovf_ref* ref) except -1:
         """Producer lock held: place a message body in the overflow area.
-        False when it has no room for it (the caller spills instead)."""
+        1: done; 0: it cannot go there (bigger than the area, or no memory),
+        the caller spills it; 2: the area has no room now, wait for it."""
         cdef mpx_ring_header* h = self.hdr
         cdef uint64_t A = self.area_size, L = body, s, s2, at, head, alloc, grow = 0
+        cdef uint64_t allowed, a
         cdef char* area
         cdef int err
         cdef bint empty
         if L == 0 or L > A:
-            return False
+            return 0
         # Positions are running totals; an extent lives at (position % A) and
         # never wraps. The live extents are [head, next): a new one fits if
         # it ends at most A past head. Going on to the next lap (offset 0)
@@ -1187,8 +1273,17 @@ cdef class Ring:
         # place, then at the start of the area; only then new pages. So the
         # area's memory follows the backlog, not the traffic.
         s = h.area_next
-        head = mpx_load64(&h.area_head)
+        head = mpx_load64(&h.area_head) & ~(<uint64_t>AREA_WAIT)
         empty = head == s               # nothing live: any place is free
+        # Flow control: a bounded backlog keeps the area's memory (and the
+        # producers' lead) small; a message always gets in beside one other
+        # of its size, so even huge ones are double-buffered.
+        allowed = 2 * ((L + 63) & ~(<uint64_t>63))     # two of its size, aligned
+        if allowed < self.area_soft:
+            allowed = self.area_soft
+        self.area_seen = head
+        if not empty and self._area_backlog(s, head) + L > allowed:
+            return 2
         at = s % A
         s2 = s + (A - at) if at else s  # the start of the next lap (or this one)
         alloc = h.area_alloc
@@ -1204,7 +1299,22 @@ cdef class Ring:
         elif at + L <= A and s + L - head <= A:
             grow = at + L
         else:
-            return False                # no room: the caller spills it
+            return 2                    # no room in the area right now: wait
+        if s != h.area_next and not empty:
+            # A lap change with extents still live: note the skipped bytes,
+            # which are no backlog (see _area_backlog).
+            h.area_gap_start = h.area_next
+            h.area_gap_end = s
+        if empty and s != h.area_next:
+            # Starting over at offset 0 of an empty area: move area_head up
+            # too, so the skipped rest of the old lap does not count as
+            # backlog. Safe: with nothing live, no consumer writes area_head
+            # until a record placed after this point is consumed.
+            a = mpx_load64(&h.area_head)
+            while not mpx_cas64(&h.area_head, a, s | (a & AREA_WAIT)):
+                a = mpx_load64(&h.area_head)
+            if a & AREA_WAIT:
+                mpx_futex_wake(mpx_lo32(&h.area_head), INT32_MAX)
         area = self._area_map()
         if grow > alloc:
             # First use of these pages: allocate them now, so that a full
@@ -1212,7 +1322,7 @@ cdef class Ring:
             grow = (grow + self.page - 1) & ~(self.page - 1)   # A is page-aligned
             err = mpx_fallocate(self.fd, self.area_base + alloc, grow - alloc)
             if err:
-                return False
+                return 0
             h.area_alloc = grow
         end = at + L
         # Claimed before the record can be published: a producer killed from
@@ -1226,7 +1336,7 @@ cdef class Ring:
         ref.offset = s
         ref.length = body
         ref.flags = MPX_OVF_AREA
-        return True
+        return 1
 
     cdef int _publish_tail(self, uint64_t t, uint64_t nt, bint clear_pending) noexcept nogil:
         """Publish the new tail (producer lock held). 1: done; 2: done, and a
@@ -1515,9 +1625,14 @@ cdef class Ring:
     cdef void _free_area(self) noexcept nogil:
         """Consumer lock held, head published: give the area extents of the
         records just consumed back to the producers."""
+        cdef uint64_t old
         if self.area_taken_end:
-            mpx_store64(&self.hdr.area_head, self.area_taken_end)
+            old = mpx_load64(&self.hdr.area_head)
+            while not mpx_cas64(&self.hdr.area_head, old, self.area_taken_end):
+                old = mpx_load64(&self.hdr.area_head)
             self.area_taken_end = 0
+            if old & AREA_WAIT:
+                mpx_futex_wake(mpx_lo32(&self.hdr.area_head), INT32_MAX)
 
     def get(self, bint block=True, timeout=None):
         """Take the oldest message: bytes (single part, tag 0) or
@@ -1612,6 +1727,7 @@ cdef class Ring:
             mpx_futex_wake(mpx_lo32(&h.tail), INT32_MAX)
             mpx_futex_wake(mpx_lo32(&h.head), INT32_MAX)
             mpx_futex_wake(&h.acked, INT32_MAX)
+            mpx_futex_wake(mpx_lo32(&h.area_head), INT32_MAX)
         finally:
             self._leave()
 

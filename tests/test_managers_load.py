@@ -48,7 +48,7 @@ def wait_for(predicate, timeout=10.0):
     return predicate()
 
 
-def run_load(ctx, backend, clients, calls):
+def run_load(ctx, backend, clients, calls, timeout=TIMEOUT):
     with ctx.Manager(backend=backend) as m:
         lock, counter = m.Lock(), m.Value("i", 0)
         d, lst, q, ev = m.dict(), m.list(), m.Queue(), m.Event()
@@ -58,9 +58,9 @@ def run_load(ctx, backend, clients, calls):
                  for _ in range(clients)]
         for p in procs:
             p.start()
-        results = [out.get(timeout=TIMEOUT) for _ in procs]
+        results = [out.get(timeout=timeout) for _ in procs]
         for p in procs:
-            p.join(TIMEOUT)
+            p.join(timeout)
         errors = [r for r in results if r[0] != "ok"]
         assert not errors, errors[:5]
         assert all(p.exitcode == 0 for p in procs)
@@ -82,8 +82,9 @@ def test_fifty_clients(backend):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("backend", backends_for("Manager"))
 def test_fifty_clients_soak(request, ctx, backend):
     if not request.config.getoption("--soak"):
         pytest.skip("long soak: run with --soak")
-    run_load(ctx, backend, clients=50, calls=1000)
+    run_load(ctx, backend, clients=50, calls=1000, timeout=600)

@@ -293,32 +293,67 @@ def test_overflow_area_is_reused_and_bounded():
         assert r.get() == m
     info = r.info()
     assert info["area_used"] == 0
-    assert base < allocated(r) <= base + 256 * 1024   # pages kept, never more
-    # More than the area holds at once: the rest spills, and the spill
-    # extents are freed as they are read while the area's pages stay.
-    r.put_many(msgs[:8])
-    assert allocated(r) > base + 256 * 1024
-    assert r.get_many() == msgs[:8]
-    assert r.info()["area_used"] == 0
-    assert allocated(r) <= base + 256 * 1024
-    big = os.urandom(1_000_000)                 # bigger than the whole area
+    assert base < allocated(r) <= base + 128 * 1024   # pages reused, not new ones
+    # Flow control: past its backlog (here two messages of this size) the
+    # area makes put() wait, as a full ring does; nothing spills.
+    assert r.put_many(msgs[:8], timeout=0.2) == 2
+    with pytest.raises(RingFull):
+        r.put(msgs[2], block=False)
+    assert spilled(r) == 0
+    assert r.get_many() == msgs[:2]
+    assert r.put_many(msgs[2:4], timeout=5) == 2
+    assert r.get_many() == msgs[2:4]
+    big = os.urandom(1_000_000)                 # bigger than the whole area: spills
     r.put(big)
+    assert spilled(r) >= len(big)
     assert r.get() == big
+    assert spilled(r) == 0
+    r.close()
+
+
+def _drain_slowly(r, n, out):
+    got = []
+    for _ in range(n):
+        time.sleep(0.01)
+        got.append(r.get(timeout=10))
+    out.put(got)
+
+
+def test_overflow_area_flow_control_across_processes():
+    r = new_ring(8192, area=1 << 20, area_backlog=100_000)
+    msgs = [os.urandom(40_000) for _ in range(30)]
+    out = FORK.SimpleQueue()
+    p = FORK.Process(target=_drain_slowly, args=(r, len(msgs), out))
+    p.start()
+    for m in msgs:
+        r.put(m, timeout=10)                    # waits for the slow consumer
+        assert r.info()["area_used"] <= 100_000 + 64
+    assert out.get() == msgs
+    p.join(10)
+    assert r.info()["area_allocated"] <= 128 * 1024
     r.close()
 
 
 def test_overflow_area_wraps_without_splitting_extents():
-    r = new_ring(4096, area=64 * 1024)
+    r = new_ring(4096, area=64 * 1024, area_backlog=40_000)
     rnd = random.Random(5)
     pending = []
-    for _ in range(400):
-        if len(pending) < 3 and rnd.random() < 0.6:
+    full = 0
+    for _ in range(600):
+        if rnd.random() < 0.6:
             m = rnd.randbytes(rnd.randrange(3000, 30_000))
-            r.put(m)
-            pending.append(m)
+            try:
+                r.put(m, block=False)
+                pending.append(m)
+            except RingFull:                # the area's backlog is full
+                full += 1
+                assert r.info()["area_used"] > 0
         elif pending:
             assert r.get() == pending.pop(0)
-    assert r.get_many() == pending if pending else True
+        assert r.info()["area_used"] <= max(40_000, 2 * 30_064)
+    rest = r.get_many() if pending else []
+    assert rest == pending
+    assert full > 0 and spilled(r) == 0
     r.close()
 
 

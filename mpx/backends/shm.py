@@ -53,12 +53,11 @@ FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue")
 
 SHM_DIR = "/dev/shm"
 
-# Ring size when none is given. Small messages need little room (a MiB holds
-# ~20000 small tuples), and messages bigger than half the ring go to the
-# overflow area of the same file instead (still one copy in and one out), so
-# this only bounds how many ordinary messages can wait at once. Pages are
-# only allocated as the ring is first used.
-DEFAULT_CAPACITY = 1 << 20
+# Ring size when none is given: room for ~80000 small messages, and for 1 MiB
+# arrays to stream through the ring itself (faster than the overflow area,
+# whose pages go cold between uses). Pages are only allocated as the ring is
+# first used, so a queue that carries little costs little.
+DEFAULT_CAPACITY = 4 << 20
 
 TAG_PICKLE = 0
 TAG_OOB = 1
@@ -434,13 +433,13 @@ class _RingQueue:
     _family = "Queue"
 
     def __init__(self, ctx=None, maxsize=0, *, serializer=None, capacity=None, name=None,
-                 inline_max=None, spin=None, area=None):
+                 inline_max=None, spin=None, area=None, area_backlog=None):
         serializer = _serial.get_serializer(serializer)
         maxsize = _check_maxsize(maxsize)
         if spin is not None and not spin >= 0:       # before anything is created
             raise ValueError(f"spin must be >= 0 seconds, not {spin}")
         kind = _KIND_CODES[self._family]
-        layout = {"inline_max": inline_max, "area": area}
+        layout = {"inline_max": inline_max, "area": area, "area_backlog": area_backlog}
         if name is None:
             ring = _create_anonymous(_check_capacity(capacity), maxsize, kind, layout)
             bare, created = None, True
@@ -773,9 +772,10 @@ class ShmSimpleQueue(_RingQueue):
     _family = "SimpleQueue"
 
     def __init__(self, ctx=None, *, serializer=None, capacity=None, name=None,
-                 inline_max=None, spin=None, area=None):
+                 inline_max=None, spin=None, area=None, area_backlog=None):
         super().__init__(ctx, 0, serializer=serializer, capacity=capacity, name=name,
-                         inline_max=inline_max, spin=spin, area=area)
+                         inline_max=inline_max, spin=spin, area=area,
+                         area_backlog=area_backlog)
 
     def get(self):
         return _RingQueue.get(self)
@@ -795,10 +795,11 @@ def Queue(ctx, maxsize=0, *, serializer=None, capacity=None, name=None, **kwargs
     """A Queue on the shared-memory ring.
 
     capacity: ring size in bytes (rounded up to a power of two; default
-    1 MiB). Messages bigger than half the ring go to an overflow area of
+    4 MiB). Messages bigger than half the ring go to an overflow area of
     `area` bytes (default max(16 x capacity, 256 MiB), given pages only when
-    big messages need them, and kept for reuse while the queue lives), and
-    beyond that to extents of their own: any size goes through.
+    big messages need them and kept for reuse; `area_backlog` bytes of them,
+    default 4 x capacity, may wait there before put() waits too), and beyond
+    that to extents of their own: any size goes through.
     name: open the named queue /dev/shm/<name>, creating it if it does not
     exist. spin: seconds a waiter spins before sleeping (default 50 us; 0
     never spins).

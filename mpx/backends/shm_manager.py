@@ -6,9 +6,9 @@ both prove they hold the authkey exactly as on the ``unix`` transport. The
 client then creates two rings (``mpx._ext.ring``) in anonymous memfds, one
 for requests and one for replies, and passes their descriptors to the server
 over the socket (SCM_RIGHTS). From then on every frame is one ring message:
-no system call on the fast path, and waiting spins briefly before sleeping
-on a futex, with the GIL released throughout (so a spinning server thread
-never holds up the others).
+no system call on the fast path. A reader spins briefly (only when a core is
+free, and in the server only while a single client keeps it busy), then
+sleeps on a futex "doorbell" in the ring (see ShmConnection).
 
 The socket stays open as the liveness signal: a side that finds no message
 for ``_POLL`` seconds checks whether its peer hung up, so a client or server
@@ -37,9 +37,8 @@ cleanup = _stream.unix_cleanup
 RING_CAPACITY = 1 << 16
 # How often a waiting side checks that its peer is still there.
 _POLL = 1.0
-# Longest wait for a message spent spinning (GIL released) before sleeping;
-# the ring adapts the actual spin below this and cuts it when the machine
-# has more runnable tasks than cores.
+# Longest wait for a message spent spinning before sleeping (adapted below
+# this, and skipped when the machine has more runnable tasks than cores).
 _SPIN = 50e-6
 # The client's first bytes after authenticating, sent with the two ring
 # descriptors. Read as a frame header they announce an impossible length, so
@@ -50,7 +49,7 @@ _READY = b"\x02"
 
 def unavailable():
     try:
-        from .._ext import ring  # noqa: F401
+        _ring_module()
     except ImportError as e:
         return f"the shared-memory ring extension is not built ({e})"
     if not hasattr(os, "memfd_create"):
@@ -98,15 +97,16 @@ class ShmConnection:
     """One end of a pair of rings, with the socket kept as a liveness signal.
     Same interface as ``_stream.Connection``.
 
-    Waiting for a message: first the ring's own bounded spin (a ``get``
-    with a timeout of ``_SPIN``, GIL released), then a futex sleep on a
-    "doorbell" word of the ring, which the writer bumps and wakes only when a
-    reader announced itself in the "sleepers" word. The reader announces
-    itself *before* its last look at the ring and the writer checks for
-    sleepers *after* publishing (an atomic add, and a compare-and-swap: full
-    barriers on x86), so a message is never left unnoticed by a sleeping
-    reader. (The ring's own long sleeps are not used: see the report on
-    its wake-up flag.)
+    Waiting for a message: first a short adaptive spin on the ring (only
+    when the caller allows it and the machine has a core to spare), then a
+    futex sleep on a "doorbell" word of the ring, which the writer bumps and
+    wakes only when a reader announced itself in the "sleepers" word. The
+    reader announces itself *before* its last look at the ring and the writer
+    checks for sleepers *after* publishing (an atomic add, and a
+    compare-and-swap: full barriers on x86), so a message is never left
+    unnoticed by a sleeping reader. The ring's own waiting (spin, then a
+    futex on its WAIT flag) is not used: its spin yields the CPU on a crowded
+    machine, and its flag can lose a wake-up (see the ring's notes).
     """
 
     __slots__ = ("_sock", "_out", "_in", "pid", "_closed", "_empty", "_full",
@@ -122,6 +122,9 @@ class ShmConnection:
         # manager expects from a transport.
         for r in (out_ring, in_ring):
             r.shutdown_exc = _PeerGone
+            # Waiting is done here (spin, then the doorbell), never by the
+            # ring's own spin-then-futex.
+            r.spin_max_ns = 0
         self._spin = _SPIN
         self.pid = os.getpid()
         self._closed = False
@@ -159,34 +162,41 @@ class ShmConnection:
         if self._closed:
             raise ConnectionError("the connection to the manager is closed")
         ring = self._in
+        ready = ring.wait_readable      # with 0: a non-blocking look, no exception
         bell = ring.aux_load(_DOORBELL)
-        try:
-            if spin:
-                # Common case: the message arrives while the ring spins
-                # (GIL released, no system call).
-                msg = ring.get(True, self._spin)
-            else:
-                # No spinning (a busy multi-client server): do not even
-                # let go of the GIL unless we are going to sleep.
-                msg = ring.get(False)
-        except self._empty:
-            msg = self._sleep(ring, bell, timeout)
+        if not ready(0):
+            if spin and self._spin:
+                # Spin here, not in the ring: its spin yields the CPU when
+                # the machine is crowded, which can cost a whole time slice
+                # per call. This one holds the GIL, so the server only asks
+                # for it while a single client keeps it busy.
+                clock = time.perf_counter
+                now = clock()
+                if not _stream._crowded(now):
+                    end = now + self._spin
+                    while not ready(0):
+                        if clock() > end:
+                            # Slow answers: spin less next time (down to not at all).
+                            self._spin = self._spin * 0.5 if self._spin > 4e-6 else 0.0
+                            break
+            if not ready(0):
+                self._sleep(ring, bell, timeout, spin)
+        msg = ring.get(False)     # readable, or shut down (raises _PeerGone)
         if type(msg) is not bytes:       # tagged or multi-part: not ours
             raise _stream.ProtocolError("unexpected message layout in the ring")
         return msg
 
-    def _sleep(self, ring, bell, timeout):
-        """Sleep on the doorbell until a message is there. `bell` was read
+    def _sleep(self, ring, bell, timeout, spin):
+        """Sleep on the doorbell until the ring is readable. `bell` was read
         before the caller's last look at the ring."""
-        empty = self._empty
-        deadline = None if timeout is None else time.monotonic() + timeout
+        ready = ring.wait_readable
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         while True:
             ring.aux_add(_SLEEPERS, 1)
             try:
-                try:
-                    return ring.get(False)
-                except empty:
-                    pass
+                if ready(0):
+                    break
                 wait = _POLL
                 if deadline is not None:
                     wait = deadline - time.monotonic()
@@ -198,10 +208,10 @@ class ShmConnection:
             finally:
                 ring.aux_add(_SLEEPERS, 0xFFFFFFFF)     # -1
             bell = ring.aux_load(_DOORBELL)
-            try:
-                return ring.get(False)
-            except empty:
-                pass
+            if ready(0):
+                break
+        if spin and time.monotonic() - start < _SPIN:
+            self._spin = _SPIN        # answers come fast again: spin
 
     def fileno(self):
         return self._sock.fileno()
