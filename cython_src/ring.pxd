@@ -131,11 +131,19 @@ cdef extern from *:
         uint64_t ring_alloc;          /* ring: bytes from its start that have pages (first lap) */
         uint64_t area_gap_start;      /* overflow area: start of the bytes skipped by the last lap change */
         uint64_t area_gap_end;        /* ... and their end (the lap start); ignored once head is past */
+        uint64_t area_pend;           /* 1 while the lock holder claims area space (undo below) */
+        uint64_t area_pend_tail;      /* the tail it will publish with the claim */
+        uint64_t area_undo_next;      /* area_next before the claim */
+        uint64_t area_undo_gap_start; /* area_gap_start before the claim */
+        uint64_t area_undo_gap_end;   /* area_gap_end before the claim */
         /* lines 6-7: consumer lock */
         _Alignas(64) pthread_mutex_t cons_lock;  /* robust mutex of the consumers */
         uint64_t repairs;             /* times a lock was taken over from a dead owner */
         uint64_t area_head;           /* overflow area: end of the last extent consumed (running
                                          total, a multiple of 64); bit 0 = producers wait on it */
+        uint64_t area_cpend;          /* 1 while the consumer-lock holder frees area space */
+        uint64_t area_cpend_head;     /* the head it publishes with it */
+        uint64_t area_cpend_value;    /* the area_head it will then store */
         /* waiting: a process that must wait for room (or for a message)
            first takes its side's wait lock, so at most one process per side
            sleeps on the ring word and the others queue on the mutex; the
@@ -225,9 +233,17 @@ cdef extern from *:
         uint64_t ring_alloc         # ring: bytes from its start that have pages
         uint64_t area_gap_start     # overflow area: start of the bytes the last lap change skipped
         uint64_t area_gap_end       # ... and their end
+        uint64_t area_pend          # 1 while the producer-lock holder claims area space
+        uint64_t area_pend_tail     # the tail it will publish with the claim
+        uint64_t area_undo_next     # area_next before the claim
+        uint64_t area_undo_gap_start  # area_gap_start before the claim
+        uint64_t area_undo_gap_end  # area_gap_end before the claim
         pthread_mutex_t cons_lock   # robust mutex of the consumers
         uint64_t repairs            # lock take-overs from dead owners
         uint64_t area_head          # overflow area: end of the last extent consumed; bit 0 = waiters
+        uint64_t area_cpend         # 1 while the consumer-lock holder frees area space
+        uint64_t area_cpend_head    # the head it publishes with it
+        uint64_t area_cpend_value   # the area_head it will then store
         pthread_mutex_t prod_wait   # robust mutex of producers waiting for room
         pthread_mutex_t cons_wait   # robust mutex of consumers waiting for a message
         uint64_t holders[32]        # pid << 32 | fd hints for reopening

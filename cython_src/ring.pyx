@@ -1,6 +1,7 @@
 # The shared-memory ring (see ring.pxd for the layout and the design).
 #
-# Python face, used by mpx/backends/shm.py (and later by the shm Pipe):
+# Python face, used by mpx/backends/shm.py (and meant for the shm Pipe too:
+# one ring per direction):
 #
 #   Ring.create(fd, capacity, ...)   initialise a new ring in the file `fd`
 #   Ring.attach(fd)                  map an existing ring, validating its header
@@ -8,19 +9,24 @@
 #   ring.put_many(items, block, timeout)      -> how many were put
 #   ring.get(block, timeout)                  -> bytes, or (tag, [parts])
 #   ring.get_many(max_items, block, timeout)  -> list of the above
-#   ring.shutdown(), ring.drain(), ring.ack(n), ring.wait_acked(timeout), ...
+#   ring.put_obj(obj, ...), ring.get_obj(...) the same through the enc_*/dec_*
+#                                             hooks the policy layer sets
+#   ring.wait_readable(timeout)               for Connection.poll
+#   ring.shutdown(), ring.drain(), ring.ack(n), ring.wait_acked(timeout),
+#   ring.aux_*(i, ...)                        15 spare 32-bit futex words
 #
-# A message is a list of byte strings ("parts") plus an 8-bit tag. A
-# single-part message with tag 0 comes back as plain `bytes` (the common
-# case, kept cheap); anything else comes back as (tag, [part0, part1, ...])
-# where part0 is bytes and the later parts are writable bytearrays (so that
-# numpy arrays rebuilt on them are writable, as after a stdlib queue).
+# The exceptions raised (empty_exc, full_exc, shutdown_exc) are set per ring
+# by the policy layer. A message is a list of byte strings ("parts") plus an
+# 8-bit tag. A single-part message with tag 0 comes back as plain `bytes`
+# (the common case, kept cheap); anything else comes back as
+# (tag, [part0, part1, ...]) where part0 is bytes and the later parts are
+# writable bytearrays (so that numpy arrays rebuilt on them are writable, as
+# after a stdlib queue).
 #
-# Every copy of a large message runs without the GIL. Records that do not fit
-# comfortably in the ring go to an "overflow extent": a page-aligned region
-# of the same file, past the data area, allocated with fallocate and freed
-# with a hole punch once read. Nothing ever lives outside the ring's own file,
-# so an anonymous ring (a memfd) can never leave anything behind in /dev/shm.
+# Every copy of a large message runs without the GIL. Records too big for
+# the ring go to the overflow area or to spill extents of the same file
+# (see ring.pxd): nothing ever lives outside the ring's own file, so an
+# anonymous ring (a memfd) can never leave anything behind in /dev/shm.
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -195,8 +201,10 @@ cdef enum:
     CRASH_PRODUCER_AFTER_PUBLISH = 2    # tail published, pending extent not cleared
     CRASH_CONSUMER_AFTER_COPY = 3       # message copied out, head not published
     CRASH_CONSUMER_AFTER_TAKEN = 4      # overflow record marked taken, extent not freed
+    CRASH_CONSUMER_AFTER_HEAD = 5       # head published, area extents not given back
 CRASH_POINTS = {"producer_before_publish": 1, "producer_after_publish": 2,
-                "consumer_after_copy": 3, "consumer_after_taken": 4}
+                "consumer_after_copy": 3, "consumer_after_taken": 4,
+                "consumer_after_head": 5}
 
 # Spin budget before sleeping, in microseconds. A cross-process futex wake
 # costs ~40 us on the VMs mpx is tuned on while a spinning handoff costs
@@ -495,6 +503,7 @@ cdef class Ring:
     cdef uint64_t area_taken_end    # end of the last area extent _take copied
     cdef uint64_t area_soft         # cached from the header
     cdef uint64_t area_seen         # area_head as the last refused _area_put saw it
+    cdef uint64_t pend_tail         # the tail _put_once will publish (for _area_put's undo)
     cdef int my_pid                 # pid that mapped this object
     cdef int64_t spin_ns            # current adaptive spin budget
     cdef public int64_t spin_max_ns # largest spin budget (0 disables spinning)
@@ -618,6 +627,8 @@ cdef class Ring:
         h.ring_alloc = 0
         h.area_gap_start = 0
         h.area_gap_end = 0
+        h.area_pend = 0
+        h.area_cpend = 0
         for m in range(4):
             pthread_mutexattr_init(&attr)
             pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
@@ -932,6 +943,26 @@ cdef class Ring:
                             "it and the repair did not complete)")
         raise OSError(r, f"cannot lock the queue: {os.strerror(r)}")
 
+    cdef void _area_undo(self) noexcept nogil:
+        """Producer lock held: give back an area claim whose record was never
+        published (its producer died, or shutdown came first)."""
+        cdef mpx_ring_header* h = self.hdr
+        cdef uint64_t head = mpx_load64(&h.area_head) & ~(<uint64_t>AREA_WAIT)
+        h.area_gap_start = h.area_undo_gap_start
+        h.area_gap_end = h.area_undo_gap_end
+        # If it had moved area_head up (starting over in an empty area), the
+        # area is empty at that point: next = head.
+        h.area_next = h.area_undo_next if h.area_undo_next > head else head
+
+    cdef void _area_cfree(self, uint64_t value) noexcept nogil:
+        """Consumer lock held, head published: store area_head = value, and
+        wake producers that wait for area room."""
+        cdef uint64_t old = mpx_load64(&self.hdr.area_head)
+        while not mpx_cas64(&self.hdr.area_head, old, value):
+            old = mpx_load64(&self.hdr.area_head)
+        if old & AREA_WAIT:
+            mpx_futex_wake(mpx_lo32(&self.hdr.area_head), INT32_MAX)
+
     cdef void _repair(self, int side) noexcept nogil:
         """Run by whoever takes a lock over from a dead owner. The published
         head and tail are always consistent; only a spill extent that a dead
@@ -939,6 +970,16 @@ cdef class Ring:
         cdef mpx_ring_header* h = self.hdr
         cdef uint64_t t
         mpx_add64(&h.repairs, 1)
+        if side == SIDE_PRODUCER and mpx_load64(&h.area_pend):
+            if (mpx_load64(&h.tail) & ~MPX_F_MASK) != h.area_pend_tail:
+                self._area_undo()           # its record was never published
+            mpx_store64(&h.area_pend, 0)
+        if side == SIDE_CONSUMER and mpx_load64(&h.area_cpend):
+            if (mpx_load64(&h.head) & ~MPX_F_MASK) == h.area_cpend_head:
+                # It moved the head past area records, then died before
+                # giving their extents back: finish that for it.
+                self._area_cfree(h.area_cpend_value)
+            mpx_store64(&h.area_cpend, 0)
         if side == SIDE_PRODUCER and mpx_load64(&h.ovf_pending_len):
             t = mpx_load64(&h.tail) & ~MPX_F_MASK
             if t != h.ovf_pending_tail:
@@ -1124,6 +1165,7 @@ cdef class Ring:
         rh.tag = tag
         rh.nparts = <uint16_t>nparts
         nt = mpx_pack(mpx_cnt(t) + 1, mpx_pos(t) + 8 + round8(rh.len), 0)
+        self.pend_tail = nt
         in_area = 0
         if overflow:
             try:
@@ -1179,6 +1221,10 @@ cdef class Ring:
         if self.crash_point == CRASH_PRODUCER_BEFORE_PUBLISH:
             kill(getpid(), SIGKILL)
         r = self._publish_tail(t, nt, overflow)
+        if in_area:
+            if r < 0:
+                self._area_undo()          # shut down meanwhile: give it back
+            mpx_store64(&h.area_pend, 0)
         pthread_mutex_unlock(&h.prod_lock)
         if r == 2:
             mpx_futex_wake(mpx_lo32(&h.tail), INT32_MAX)
@@ -1219,6 +1265,8 @@ cdef class Ring:
                         break
                     if left > MAX_SLEEP_NS:
                         left = MAX_SLEEP_NS
+                if mpx_load64(&h.area_cpend) and self._poke_consumers():
+                    continue
                 if not (a & AREA_WAIT):
                     if not mpx_cas64(&h.area_head, a, a | AREA_WAIT):
                         continue
@@ -1232,6 +1280,23 @@ cdef class Ring:
         finally:
             pthread_mutex_unlock(&h.prod_wait)
         return r
+
+    cdef bint _poke_consumers(self) noexcept nogil:
+        """A consumer may have died between moving the head and giving area
+        extents back; its repair would wait for the next consumer to lock,
+        which may never come while producers wait for that very room. So a
+        waiting producer tries the consumer lock (never waiting for it) and,
+        if its owner is dead, runs the repair itself. True if it did."""
+        cdef mpx_ring_header* h = self.hdr
+        cdef int r = pthread_mutex_trylock(&h.cons_lock)
+        if r == EOWNERDEAD:
+            self._repair(SIDE_CONSUMER)
+            pthread_mutex_consistent(&h.cons_lock)
+            pthread_mutex_unlock(&h.cons_lock)
+            return True
+        if r == 0:
+            pthread_mutex_unlock(&h.cons_lock)
+        return False
 
     cdef int _ring_pages(self, uint64_t pos, uint64_t n) noexcept nogil:
         """Producer lock held: make sure the ring bytes [pos, pos+n) have
@@ -1300,6 +1365,24 @@ cdef class Ring:
             grow = at + L
         else:
             return 2                    # no room in the area right now: wait
+        # Pages first (nothing shared has changed yet if this fails; extra
+        # pages are harmless).
+        area = self._area_map()
+        if grow > alloc:
+            # First use of these pages: allocate them now, so that a full
+            # /dev/shm is an error here and never a SIGBUS in the copy.
+            grow = (grow + self.page - 1) & ~(self.page - 1)   # A is page-aligned
+            err = mpx_fallocate(self.fd, self.area_base + alloc, grow - alloc)
+            if err:
+                return 0
+            h.area_alloc = grow
+        # From here on shared state changes: note how to undo it, for whoever
+        # takes the lock over if we are killed before publishing.
+        h.area_undo_next = h.area_next
+        h.area_undo_gap_start = h.area_gap_start
+        h.area_undo_gap_end = h.area_gap_end
+        h.area_pend_tail = self.pend_tail
+        mpx_store64(&h.area_pend, 1)
         if s != h.area_next and not empty:
             # A lap change with extents still live: note the skipped bytes,
             # which are no backlog (see _area_backlog).
@@ -1315,18 +1398,9 @@ cdef class Ring:
                 a = mpx_load64(&h.area_head)
             if a & AREA_WAIT:
                 mpx_futex_wake(mpx_lo32(&h.area_head), INT32_MAX)
-        area = self._area_map()
-        if grow > alloc:
-            # First use of these pages: allocate them now, so that a full
-            # /dev/shm is an error here and never a SIGBUS in the copy.
-            grow = (grow + self.page - 1) & ~(self.page - 1)   # A is page-aligned
-            err = mpx_fallocate(self.fd, self.area_base + alloc, grow - alloc)
-            if err:
-                return 0
-            h.area_alloc = grow
         end = at + L
-        # Claimed before the record can be published: a producer killed from
-        # here on leaves a gap that is freed with the next consumed extent.
+        # Claimed before the record is published; a producer killed before
+        # publishing has it undone by the next lock holder (area_pend).
         h.area_next = (s + L + 63) & ~(<uint64_t>63)
         if body >= NOGIL_COPY:
             with nogil:
@@ -1617,22 +1691,30 @@ cdef class Ring:
             if not out:
                 raise
         finally:
-            if got and self._publish_head(hd, total, got):
+            if got and self._consume(hd, total, got):
                 wake[0] = True
-            self._free_area()
+            self.area_taken_end = 0
         return out
 
-    cdef void _free_area(self) noexcept nogil:
-        """Consumer lock held, head published: give the area extents of the
-        records just consumed back to the producers."""
-        cdef uint64_t old
-        if self.area_taken_end:
-            old = mpx_load64(&self.hdr.area_head)
-            while not mpx_cas64(&self.hdr.area_head, old, self.area_taken_end):
-                old = mpx_load64(&self.hdr.area_head)
+    cdef bint _consume(self, uint64_t hd, uint64_t total, uint64_t got) noexcept nogil:
+        """Consumer lock held: publish the head past `got` records (`total`
+        bytes), then give back the area extents they used. A consumer killed
+        between the two leaves area_cpend for the next one to finish."""
+        cdef mpx_ring_header* h = self.hdr
+        cdef bint wake
+        cdef uint64_t value = self.area_taken_end
+        if value:
+            h.area_cpend_head = mpx_pack(mpx_cnt(hd) + got, mpx_pos(hd) + total, 0)
+            h.area_cpend_value = value
+            mpx_store64(&h.area_cpend, 1)
+        wake = self._publish_head(hd, total, got)
+        if self.crash_point == CRASH_CONSUMER_AFTER_HEAD:
+            kill(getpid(), SIGKILL)
+        if value:
             self.area_taken_end = 0
-            if old & AREA_WAIT:
-                mpx_futex_wake(mpx_lo32(&self.hdr.area_head), INT32_MAX)
+            self._area_cfree(value)
+            mpx_store64(&h.area_cpend, 0)
+        return wake
 
     def get(self, bint block=True, timeout=None):
         """Take the oldest message: bytes (single part, tag 0) or
@@ -1764,9 +1846,8 @@ cdef class Ring:
                         n += 1
                     pos = (pos + adv) & (MPX_POS_MOD - 1)
                 if pos != mpx_pos(hd):
-                    wake = self._publish_head(hd, (pos - mpx_pos(hd)) & (MPX_POS_MOD - 1),
-                                              mpx_count(t, hd))
-                self._free_area()
+                    wake = self._consume(hd, (pos - mpx_pos(hd)) & (MPX_POS_MOD - 1),
+                                         mpx_count(t, hd))
             finally:
                 pthread_mutex_unlock(&h.cons_lock)
                 if wake:

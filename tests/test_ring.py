@@ -687,6 +687,7 @@ def test_producer_killed_before_publishing_leaves_nothing(size, area):
     assert r.qsize() == 1
     r.put(b"after", timeout=5)                  # the lock is taken over
     assert r.info()["repairs"] == 1
+    assert r.info()["area_used"] == 0           # a claim in the area is undone
     assert r.get_many() == [b"before", b"after"]
     # A half-written spill extent is freed; a claimed piece of the area is
     # given back with the next area message consumed.
@@ -719,6 +720,46 @@ def test_consumer_killed_after_copying_leaves_the_message(size, area):
     assert r.get(timeout=5) == msg              # exactly once: still there
     assert r.info()["repairs"] == 1
     assert r.get() == b"second"
+    r.close()
+
+
+def test_consumer_killed_between_head_and_area_gives_the_extent_back():
+    r = new_ring(16384, area=1 << 20)
+    msg = os.urandom(50_000)
+    r.put(msg)
+    r.put(b"second")
+    assert run_child(_crash_get, r, "consumer_after_head") == -signal.SIGKILL
+    assert r.info()["area_used"] > 0           # consumed, extent still held
+    assert r.get(timeout=5) == b"second"        # the take-over finishes the job
+    assert r.info()["area_used"] == 0 and r.info()["repairs"] == 1
+    r.close()
+
+
+def _put_two_big(r, msgs, out):
+    try:
+        for m in msgs:
+            r.put(m, timeout=10)
+        out.put("done")
+    except RingFull:
+        out.put("stuck")
+
+
+def test_producer_waiting_for_area_room_repairs_a_dead_consumer():
+    # The area holds one message (backlog 0 and room for two of this size
+    # means the second waits until the first is given back); the consumer
+    # that took the first dies before giving it back, and no other consumer
+    # comes: the waiting producer must repair it on its own.
+    r = new_ring(16384, area=128 * 1024, area_backlog=0)
+    a, b, c = (os.urandom(60_000) for _ in range(3))
+    r.put(a)
+    r.put(b)
+    assert run_child(_crash_get, r, "consumer_after_head") == -signal.SIGKILL
+    out = FORK.SimpleQueue()
+    p = FORK.Process(target=_put_two_big, args=(r, [c], out))
+    p.start()
+    assert out.get() == "done"                  # not stuck behind the dead one
+    p.join(10)
+    assert r.get_many() == [b, c]
     r.close()
 
 

@@ -25,7 +25,6 @@ import zlib
 import pytest
 
 import mpx
-from mpx._ext import ring as ringmod
 from mpx.backends import shm
 
 FORK = mpx.get_context("fork")
@@ -220,12 +219,6 @@ def test_random_sigkills_exactly_once(request):
 
 
 def test_random_sigkills_tiny_ring(request):
-    # KNOWN BUG (open in issue 3): with a one-page ring and big messages
-    # spilling, a process sometimes dies of SIGSEGV (exit -11) under this
-    # chaos, about 1 run in 4 here. Until the ring is fixed this runs only
-    # with --soak, so CI stays a signal for everything else.
-    if not request.config.getoption("--soak"):
-        pytest.skip("known SIGSEGV under chaos with a one-page ring: run with --soak")
     # A ring of one page: producers and consumers block on each other all the
     # time, so kills land while holding locks and while sleeping.
     soak = request.config.getoption("--soak")
