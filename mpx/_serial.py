@@ -120,7 +120,9 @@ def _cloudpickle():
 
 def _forking_dumps(obj, protocol, buffer_callback=None):
     buf = io.BytesIO()
-    pickler = _mp_reduction.ForkingPickler(buf, protocol, buffer_callback=buffer_callback)
+    # ForkingPickler.__init__ takes positional arguments only:
+    # (file, protocol, fix_imports, buffer_callback).
+    pickler = _mp_reduction.ForkingPickler(buf, protocol, True, buffer_callback)
     pickler.dump(obj)
     return buf.getvalue()
 

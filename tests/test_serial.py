@@ -141,3 +141,21 @@ def test_main_only_function_under_spawn_gets_a_helpful_error():
 
 def test_main_only_function_travels_by_value_with_cloudpickle():
     assert run_main_function("cloudpickle") == "ok 6"
+
+
+def test_forking_pickler_fallback_is_used_for_its_registered_types():
+    # A socket fails in plain pickle; the stdlib's ForkingPickler knows how to
+    # hand it over (cloudpickle does not), so the fallback must reach it.
+    import socket
+    a, b = socket.socketpair()
+    try:
+        data = get_serializer().dumps(a)
+        c = pickle.loads(data)
+        try:
+            c.sendall(b"ping")
+            assert b.recv(4) == b"ping"
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()
