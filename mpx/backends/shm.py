@@ -30,6 +30,9 @@ What a message looks like in the ring (the tag says how to read the parts)
                 out into the buffers the object is rebuilt on
     TAG_BYTES   one part: a ``bytes`` object, carried without pickling
     TAG_TEXT    one part: a custom serializer's ``str`` output, UTF-8 encoded
+    TAG_NDARRAY a plain numpy array: "dtype shape" as ASCII, then its data
+                (pickling an array costs ~10 us of global lookups; this
+                costs ~1 us, and the data is copied as with TAG_OOB)
 """
 
 import collections
@@ -63,6 +66,7 @@ TAG_PICKLE = 0
 TAG_OOB = 1
 TAG_BYTES = 2
 TAG_TEXT = 3      # a custom serializer's str output, as UTF-8
+TAG_NDARRAY = 4
 
 # A stream at least this long that came from plain dumps is tried again with
 # out-of-band buffers (it probably holds a large array or bytearray).
@@ -375,6 +379,33 @@ def _wants_oob(tp):
     return answer
 
 
+# numpy dtype kinds whose items are plain bytes: a copy of the data is the
+# array (not objects 'O' or numpy 2's variable-width strings 'T', whose
+# items point elsewhere).
+_RAW_DTYPE_KINDS = frozenset("biufcmMSUV")
+
+
+def _ndarray_message(obj):
+    """The TAG_NDARRAY parts of `obj`, or None when it must be pickled: only
+    a C-contiguous, non-empty array of the exact ndarray type whose dtype is
+    fully named by its ``str`` (no fields, sub-arrays or metadata), so the
+    receiver rebuilds exactly what pickle would give."""
+    dt = obj.dtype
+    if (type(obj).__name__ != "ndarray" or not obj.flags.c_contiguous or not obj.nbytes
+            or dt.kind not in _RAW_DTYPE_KINDS or dt.fields is not None
+            or dt.subdtype is not None or dt.metadata is not None):
+        return None
+    head = " ".join([dt.str] + [str(n) for n in obj.shape]).encode("ascii")
+    return [head, obj]
+
+
+def _ndarray_from(head, data):
+    import numpy
+    dtype, *shape = head.decode("ascii").split(" ")
+    # `data` is a fresh bytearray: the array is writable, as after pickle.
+    return numpy.frombuffer(data, dtype=dtype).reshape([int(n) for n in shape])
+
+
 def _encode(serializer, raw, obj):
     """(msg, tag) for the ring: raises, touching nothing, if obj cannot be
     serialized. `raw`: the serializer is pickle, so bytes may skip it and
@@ -384,6 +415,10 @@ def _encode(serializer, raw, obj):
         if tp is bytes:
             return obj, TAG_BYTES
         if _wants_oob(tp):
+            if tp.__module__ == "numpy":
+                msg = _ndarray_message(obj)
+                if msg is not None:
+                    return msg, TAG_NDARRAY
             stream, buffers = serializer.dumps_oob(obj)
             if buffers:
                 return [stream] + buffers, TAG_OOB
@@ -417,6 +452,8 @@ def _decode(serializer, msg):
         return serializer.loads_oob(parts[0], parts[1:])
     if tag == TAG_BYTES:
         return parts[0]
+    if tag == TAG_NDARRAY and len(parts) == 2:
+        return _ndarray_from(parts[0], parts[1])
     if tag == TAG_TEXT:
         return serializer.loads(parts[0].decode("utf-8"))
     if tag == TAG_PICKLE and len(parts) == 1:
