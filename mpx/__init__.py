@@ -22,13 +22,14 @@ import sys
 from . import connection, context as _context, queues
 from . import backends   # callable: mpx.backends() is the table
 from ._serial import SerializationError
+from .queues import ShutDown
 
 __version__ = "0.1.0"
 
 _default = _context.default_context
 
 __all__ = sorted(set(_mp.__all__) | {"PriorityQueue", "SharedArray", "backends",
-                                     "SerializationError"})
+                                     "SerializationError", "ShutDown"})
 
 # The names mpx implements itself; every other public name is the stdlib's
 # own object (the same function, class or bound method), so it shares the

@@ -1,14 +1,26 @@
 """Queue exceptions and classes, as ``multiprocessing.queues`` has them.
 
-``Empty`` and ``Full`` are the ``queue`` module's, as in the stdlib. The
+``Empty`` and ``Full`` are the ``queue`` module's, as in the stdlib.
+``ShutDown`` (raised after ``shutdown()``) is Python 3.13's
+``queue.ShutDown``, or the same class defined here on older Pythons; every
+mpx queue with ``shutdown()`` raises this one class. The
 stdlib's queue classes (constructed with ``ctx=``) are reachable here for
 code that subclasses them; mpx's own queues come from ``mpx.Queue(...)``.
 """
 
 import multiprocessing.queues as _std
+import queue as _queue
 from queue import Empty, Full
 
-__all__ = ["Empty", "Full", "Queue", "SimpleQueue", "JoinableQueue"]
+__all__ = ["Empty", "Full", "ShutDown", "Queue", "SimpleQueue", "JoinableQueue"]
+
+if hasattr(_queue, "ShutDown"):
+    ShutDown = _queue.ShutDown
+else:
+    class ShutDown(Exception):
+        """Raised by put() after shutdown(), and by get() once a shut-down
+        queue is empty (Python 3.13's ``queue.ShutDown``, for older
+        Pythons)."""
 
 Queue = _std.Queue
 SimpleQueue = _std.SimpleQueue

@@ -79,7 +79,7 @@ def consumer(q, logdir, ident):
     while True:
         try:
             pid, seq, crc, body = q.get(timeout=BOUND)
-        except shm.ShutDown:
+        except mpx.ShutDown:
             break
         os.write(fd, REC.pack(pid, seq, zlib.crc32(body) == crc))
     os.close(fd)
@@ -199,7 +199,7 @@ def run_chaos(seconds, min_kills, n_prod, n_cons, seed, **queue_kw):
     delivered, lost = verify(chaos, records)
     # Consistent afterwards: empty, shut down, and (once a put has taken over
     # the producer lock from a producer killed last) holding no extent.
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         q.put(b"after")
     assert q.qsize() == 0 and q.is_shutdown
     info = q._ring.info()

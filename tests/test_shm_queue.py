@@ -100,7 +100,7 @@ def child_block_on_get(q, out):
     try:
         q.get(timeout=30)
         out.put("got")
-    except shm.ShutDown:
+    except mpx.ShutDown:
         out.put("shutdown")
 
 
@@ -321,15 +321,15 @@ def test_shutdown_semantics():
     q.put_many(["a", "b"])
     q.shutdown()
     assert q.is_shutdown
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         q.put("c")
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         q.put_many(["c"])
     assert q.get() == "a"
     assert q.get_many() == ["b"]
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         q.get()
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         q.get(block=False)
     q.shutdown()                       # again: no error
 
@@ -344,7 +344,7 @@ def test_shutdown_immediate_discards_and_releases_join():
     time.sleep(0.1)
     jq.shutdown(immediate=True)
     assert jq.qsize() == 0
-    with pytest.raises(shm.ShutDown):
+    with pytest.raises(mpx.ShutDown):
         jq.get(timeout=1)
     # Two drained, one still out: join returns once that one is done.
     jq.task_done()
@@ -360,7 +360,7 @@ def test_shutdown_wakes_a_blocked_put():
     def put():
         try:
             q.put(1, timeout=10)
-        except shm.ShutDown as e:
+        except mpx.ShutDown as e:
             errors.append(e)
 
     th = threading.Thread(target=put)

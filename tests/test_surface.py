@@ -19,8 +19,18 @@ def test_every_stdlib_public_name_is_reachable():
     missing = [n for n in multiprocessing.__all__ if not hasattr(mpx, n)]
     assert not missing, f"mpx lacks {missing}"
     assert set(multiprocessing.__all__) <= set(mpx.__all__)
-    for extra in ("PriorityQueue", "SharedArray", "backends"):
+    for extra in ("PriorityQueue", "SharedArray", "backends", "SerializationError",
+                  "ShutDown"):
         assert extra in mpx.__all__
+
+
+def test_one_shutdown_exception_for_every_queue():
+    import queue
+
+    from mpx.backends import shm
+    assert mpx.ShutDown is mpx.queues.ShutDown is shm.ShutDown
+    if hasattr(queue, "ShutDown"):          # Python 3.13: the stdlib's own
+        assert mpx.ShutDown is queue.ShutDown
 
 
 @pytest.mark.parametrize("name", sorted(multiprocessing.__all__))

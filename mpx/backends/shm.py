@@ -47,6 +47,7 @@ import weakref
 
 from .. import _names
 from .. import _serial
+from ..queues import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
@@ -81,13 +82,6 @@ except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None
     _IMPORT_ERROR = str(_e)
 
-if hasattr(_queue, "ShutDown"):
-    ShutDown = _queue.ShutDown
-else:
-    class ShutDown(Exception):
-        """Raised by put() after shutdown(), and by get() once a shut-down
-        queue is empty (Python 3.13's ``queue.ShutDown``, for older
-        Pythons)."""
 
 
 def unavailable():
