@@ -297,10 +297,7 @@ class _Mapping:
 
     def view(self, cls, offset, shape, strides, dtype, writeable):
         dtype = np.dtype(dtype)
-        start = self.data_offset
-        end = start + self.nbytes
-        span = _extent(offset, shape, strides, dtype.itemsize)
-        if not (start <= offset <= end if span is None else start <= span[0] and span[1] <= end):
+        if not self._inside(offset, shape, strides, dtype.itemsize):
             raise InvalidSegmentError(f"a SharedArray handle points outside its array "
                                       f"(offset {offset}, shape {shape}, strides {strides})")
         a = np.ndarray.__new__(cls, shape, dtype, buffer=self.root, offset=offset,
@@ -309,6 +306,16 @@ class _Mapping:
         if not writeable:
             a.flags.writeable = False
         return a
+
+    def _inside(self, offset, shape, strides, itemsize):
+        """True when a view at byte `offset` of the segment touches only the
+        array's data (an empty view: when its offset is in the data)."""
+        start = self.data_offset
+        end = start + self.nbytes
+        span = _extent(offset, shape, strides, itemsize)
+        if span is None:
+            return start <= offset <= end
+        return start <= span[0] and span[1] <= end
 
     def full(self, cls):
         strides = _contiguous_strides(self.shape, self.dtype.itemsize, self.order)
@@ -319,10 +326,7 @@ class _Mapping:
         """The pickle handle of view `a`, or None if its memory is not ours."""
         ptr = a.__array_interface__["data"][0]
         offset = ptr - self.base_ptr
-        span = _extent(offset, a.shape, a.strides, a.itemsize)
-        start = self.data_offset
-        end = start + self.nbytes
-        if not (start <= offset <= end if span is None else start <= span[0] and span[1] <= end):
+        if not self._inside(offset, a.shape, a.strides, a.itemsize):
             return None
         dt = a.dtype
         # A plain dtype travels as its short string: unpickling a dtype
@@ -432,8 +436,10 @@ def _open_named(backend, module, name, readonly):
         return m
 
 
-def _find(name, backend, readonly):
-    """(mapping) of the named array, looking in every backend if none given."""
+def _by_name(name, backend, action):
+    """``action(backend name, module, canonical name)`` in the backend asked
+    for; with none, in each SharedArray backend that can have such a name
+    until one does not raise FileNotFoundError."""
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"a SharedArray name must be a str, not {type(name).__name__}")
     tried = []
@@ -445,7 +451,7 @@ def _find(name, backend, readonly):
                 raise
             continue        # not a name this backend can have (e.g. a path)
         try:
-            return _open_named(bname, module, cname, readonly)
+            return action(bname, module, cname)
         except FileNotFoundError:
             if backend is not None:
                 raise
@@ -453,6 +459,12 @@ def _find(name, backend, readonly):
     raise FileNotFoundError(errno.ENOENT, f"no SharedArray named {os.fspath(name)!r} "
                             f"(looked in the {', '.join(tried) or 'no'} backends)",
                             os.fspath(name))
+
+
+def _find(name, backend, readonly):
+    """(mapping) of the named array, looking in every backend if none given."""
+    return _by_name(name, backend,
+                    lambda bname, module, cname: _open_named(bname, module, cname, readonly))
 
 
 def _unlink(backend, module, name, token=None):
@@ -646,26 +658,7 @@ def unlink(name, *, backend=None):
     """Unlink the named SharedArray `name` without attaching it
     (FileNotFoundError if there is none; InvalidSegmentError, and nothing is
     removed, if the name holds something that is not an mpx array)."""
-    if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"a SharedArray name must be a str, not {type(name).__name__}")
-    tried = []
-    for bname, module in _candidates(backend):
-        try:
-            cname = module.canonical_name(name)
-        except (TypeError, ValueError):
-            if backend is not None:
-                raise
-            continue
-        try:
-            _unlink(bname, module, cname)
-            return
-        except FileNotFoundError:
-            if backend is not None:
-                raise
-            tried.append(bname)
-    raise FileNotFoundError(errno.ENOENT, f"no SharedArray named {os.fspath(name)!r} "
-                            f"(looked in the {', '.join(tried) or 'no'} backends)",
-                            os.fspath(name))
+    _by_name(name, backend, _unlink)
 
 
 def list_arrays():

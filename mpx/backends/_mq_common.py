@@ -60,6 +60,7 @@ from .._ext.sync import SharedWord
 from .._serial import CloudpickleSerializer, PickleSerializer
 
 __all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
+           "queue_args", "open_queue", "settled_header", "half_created",
            "Tag", "SideStore", "MessageQueueBase", "JoinableMixin", "PriorityMixin"]
 
 Empty = queue.Empty
@@ -74,6 +75,10 @@ PRIORITY_MAX = 32767
 NAME_MAX_BYTES = 200
 
 SHM_DIR = "/dev/shm"
+
+# The smallest msgsize (largest inline frame) a queue takes: room for a
+# side-segment reference.
+MIN_MSGSIZE = 64
 
 RAW = b"\x80"        # first byte: the message is the serialized object itself
 INLINE = b"\x00"     # first byte: the object follows
@@ -166,10 +171,29 @@ def check_mode(mode):
     return mode
 
 
+def queue_args(name, maxsize, msgsize, mode):
+    """The arguments every kernel-queue factory takes, checked:
+    (body, anonymous, maxsize, msgsize, mode); `body` is the name without
+    its leading '/', or a fresh private name when `name` is None."""
+    maxsize = check_limit("maxsize", maxsize) or 0
+    msgsize = check_limit("msgsize", msgsize)
+    if msgsize is not None and msgsize < MIN_MSGSIZE:
+        raise ValueError(f"msgsize must be at least {MIN_MSGSIZE} bytes, not {msgsize}")
+    mode = check_mode(mode)
+    if name is None:
+        return anonymous_name(), True, maxsize, msgsize, mode
+    return normalize_name(name), False, maxsize, msgsize, mode
+
+
 def tag16(backend, name):
     """A short hex id of a queue, for side-segment file names (the name itself
     may hold '.' and so could not delimit a prefix unambiguously)."""
     return hashlib.blake2b(f"{backend}:{name}".encode(), digest_size=8).hexdigest()
+
+
+def side_prefix(backend, body):
+    """How the names of queue `body`'s side segments in SHM_DIR begin."""
+    return f"mpx-mqside.{tag16(backend, body)}."
 
 
 def anonymous_name():
@@ -258,20 +282,17 @@ class Tag:
 
     def header(self):
         """The header as a dict; NotAnMpxQueue if the magic or version is wrong."""
-        (magic, version, state, _, _, _, _, unfinished, kind, maxsize, msgsize, flags,
-         creator, name_len, _) = _HDR.unpack(self.view[:_HDR.size])
-        if magic != MAGIC:
+        h = unpack_header(self.view)
+        if h["magic"] != MAGIC:
             raise NotAnMpxQueue("its tag segment does not start with mpx's magic number")
-        if version != LAYOUT_VERSION:
-            raise NotAnMpxQueue(f"its tag has layout version {version}; this mpx "
+        if h["version"] != LAYOUT_VERSION:
+            raise NotAnMpxQueue(f"its tag has layout version {h['version']}; this mpx "
                                 f"reads version {LAYOUT_VERSION}")
-        if name_len > TAG_SIZE - OFF_NAME or kind not in FAMILY_OF_KIND:
+        name_len = h.pop("name_len")
+        if name_len > TAG_SIZE - OFF_NAME or h["kind"] not in FAMILY_OF_KIND:
             raise NotAnMpxQueue("its tag segment is corrupt")
-        name = bytes(self.view[OFF_NAME:OFF_NAME + name_len]).decode("utf-8", "replace")
-        return {"state": state, "kind": kind, "family": FAMILY_OF_KIND[kind],
-                "maxsize": maxsize, "msgsize": msgsize, "flags": flags,
-                "anonymous": bool(flags & FLAG_ANONYMOUS), "creator_pid": creator,
-                "name": name, "unfinished": unfinished}
+        h["name"] = bytes(self.view[OFF_NAME:OFF_NAME + name_len]).decode("utf-8", "replace")
+        return h
 
     def wait_settled(self, deadline):
         """Wait until the creator published the tag (READY) or someone marked it
@@ -295,6 +316,96 @@ class Tag:
             word.release()
         self.words.release()
         self.view.release()
+
+
+def unpack_header(view):
+    """The fields of the tag header at the start of `view`, unchecked (the
+    name is left out: its length may be garbage). ``Tag.header`` checks them;
+    ``python -m mpx ls`` shows them as they are."""
+    (magic, version, state, _, _, _, _, unfinished, kind, maxsize, msgsize, flags,
+     creator, name_len, _) = _HDR.unpack(view[:_HDR.size])
+    return {"magic": magic, "version": version, "state": state, "kind": kind,
+            "family": FAMILY_OF_KIND.get(kind, "?"), "maxsize": maxsize, "msgsize": msgsize,
+            "flags": flags, "anonymous": bool(flags & FLAG_ANONYMOUS), "creator_pid": creator,
+            "name_len": name_len, "unfinished": unfinished}
+
+
+STATE_NAMES = {STATE_INIT: "half-created", STATE_READY: "ready", STATE_DEAD: "being removed"}
+
+
+def ls_columns(header):
+    """What ``python -m mpx ls`` shows of a tag header."""
+    out = {"state": STATE_NAMES.get(header["state"], "?"), "family": header["family"],
+           "maxsize": header["maxsize"], "creator_pid": header["creator_pid"],
+           "anonymous": header["anonymous"]}
+    if header["kind"] == KIND_JOINABLE:
+        out["unfinished"] = header["unfinished"]
+    return out
+
+
+def settled_header(tag, deadline, not_a_tag, half_created_error):
+    """The header of a queue's tag once its creator has published it, or None
+    when the queue is being removed (the caller lets go and tries again).
+    `not_a_tag` begins the message of the NotAnMpxQueue raised when the tag
+    is something else; ``half_created_error()`` is raised when the creator
+    has not published it by `deadline`."""
+    try:
+        state = tag.wait_settled(deadline)
+    except NotAnMpxQueue as e:
+        raise NotAnMpxQueue(f"{not_a_tag}: {e}") from None
+    if state == STATE_DEAD:
+        return None
+    if state == STATE_INIT:
+        raise half_created_error()
+    return tag.header()
+
+
+def half_created(backend, family, body, module, **meta):
+    """The error for a queue whose tag was never published. The queue is
+    recorded here too (with `meta`), in case its creator died before it could,
+    so that ``python -m mpx rm`` finds it."""
+    _names.record(family, backend, body, module=module, **meta, half_created=True)
+    return RuntimeError(
+        f"mpx {backend} queue {body!r} was left half-created (its creator died while "
+        f"creating it?); remove it with `python -m mpx rm {body}` and try again")
+
+
+def open_queue(backend, body, anonymous, try_create, attach_existing, wait):
+    """(resources, created) of queue `body`, for the backends' ``_open``.
+
+    ``try_create()`` (None: do not create) makes the queue and returns its
+    resources, or returns None when it exists already. ``attach_existing(
+    deadline)`` opens the existing queue: its resources, or None while
+    another process is removing it (then this waits and starts over), or a
+    FileNotFoundError whose ``filename`` is set when there is nothing there
+    (one without, a damaged queue, goes on to the caller). `wait`: how many
+    seconds a queue being created or removed may take (OPEN_WAIT)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if try_create is not None:
+            res = try_create()
+            if res is not None:
+                return res, True
+        try:
+            res = attach_existing(deadline)
+        except FileNotFoundError as e:
+            if e.filename is None:      # the backend's "damaged" error, not a missing tag
+                raise
+            if try_create is None:
+                if anonymous:
+                    raise FileNotFoundError(
+                        f"anonymous mpx {backend} queue {body!r} no longer exists: the process "
+                        "that created it has dropped it or exited") from None
+                raise FileNotFoundError(
+                    f"no mpx {backend} queue named {body!r} (create=False)") from None
+            res = None                  # removed meanwhile: create it afresh
+        if res is not None:
+            return res, False
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mpx {backend} queue {body!r} is being removed by another "
+                               "process and did not go away; try again, or remove it with "
+                               f"`python -m mpx rm {body}`")
+        time.sleep(0.002)
 
 
 def check_compatible(header, name, backend, family, maxsize, msgsize):
@@ -329,10 +440,11 @@ _SUFFIX = re.compile(rb"\A[0-9]+\.[0-9]+\Z")
 
 
 class SideStore:
-    """Side segments of one queue: /dev/shm/mpx-mqside.<tag16>.<pid>.<n>."""
+    """Side segments of one queue: /dev/shm/mpx-mqside.<tag16>.<pid>.<n>
+    (see ``side_prefix``)."""
 
-    def __init__(self, tag16_, mode):
-        self.prefix = f"mpx-mqside.{tag16_}."
+    def __init__(self, backend, body, mode):
+        self.prefix = side_prefix(backend, body)
         self.mode = mode
         self.counter = itertools.count()
 
@@ -409,6 +521,15 @@ class SideStore:
         return sweep_prefix(self.prefix)
 
 
+def count_sides(backend, body):
+    """How many side segments of queue `body` exist now (for ``mpx ls``)."""
+    prefix = side_prefix(backend, body)
+    try:
+        return sum(1 for f in os.listdir(SHM_DIR) if f.startswith(prefix))
+    except OSError:
+        return 0
+
+
 def sweep_prefix(prefix):
     n = 0
     try:
@@ -461,8 +582,10 @@ class MessageQueueBase:
     (and optionally ``_close_handle(res)``, what close() releases early)
     that act on the per-process resource holder `res` (they never see the
     queue object, so the finalizer does not keep it alive). It may speed up
-    ``put``/``get``. ``timeout`` there is 0 (do not wait), None (wait for
-    ever) or seconds.
+    ``put``/``get``; such fast paths call the kernel through ``_msend`` /
+    ``_mrecv`` without checking ``_closed`` (close() replaces both with a
+    function that raises). ``timeout`` there is 0 (do not wait), None (wait
+    for ever) or seconds.
     """
 
     _backend = "?"
@@ -528,9 +651,10 @@ class MessageQueueBase:
             raise
 
     def _decode(self, msg):
-        kind = msg[:1]
-        if kind == RAW:
+        """The object in kernel message `msg` (see Framing)."""
+        if msg and msg[0] == 0x80:      # RAW: the message is the pickle stream
             return self._loads(msg)
+        kind = msg[:1]                  # (an empty message is not mpx's: said below)
         if kind == INLINE:
             return self._loads(msg[1:])
         if kind == SIDE:
@@ -640,6 +764,7 @@ class MessageQueueBase:
         if not self._closed:
             self._closed = True
             self._close_handle(self._res)
+        self._msend = self._mrecv = _closed_call(self)
 
     @staticmethod
     def _close_handle(res):
@@ -672,6 +797,17 @@ class MessageQueueBase:
         state = " closed" if self._closed else ""
         return (f"<mpx {self._backend} {type(self)._family} {what}={self.name!r}"
                 f" maxsize={self._maxsize}{state}>")
+
+
+def _closed_call(queue):
+    # Holds the queue's repr, not the queue: a reference back to it would
+    # make a cycle and delay the clean-up of an anonymous queue until the
+    # cyclic garbage collector happens to run.
+    what = repr(queue)
+
+    def closed(*args):
+        raise ValueError(f"{what} is closed")
+    return closed
 
 
 def _rebuild(cls, state, serializer):

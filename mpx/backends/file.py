@@ -1,12 +1,9 @@
 """File-backed shared memory for SharedArray: an mmap of a regular file.
 
-Mechanism only; the array header and everything numpy is
-``mpx.sharedarray``'s business, and nothing here imports it.
-
-The segment API is the one described in ``mpx.backends.posix_shm`` (the
-three SharedArray backends offer the same functions and ``Segment``
-attributes): ``canonical_name``, ``create``, ``attach``, ``reattach``,
-``unlink``, ``HASHED_NAMES``, ``describe``, ``remove``.
+Mechanism only (the array header and everything numpy is
+``mpx.sharedarray``'s business): this module offers the segment API that
+``mpx.backends._segment`` describes, with ``Segment.flush()`` writing the
+pages to the file, and ``array_dir()`` besides.
 
 Names: a name containing '/' is a file path (made absolute, so a handle means
 the same file in a process with another working directory); a bare name is a
@@ -27,30 +24,23 @@ the last process holding the file lets go.
 """
 
 import errno
-import mmap
 import os
 import stat
-import sys
 import tempfile
-import weakref
 
 from .. import _names
-from ._procfd import open_from_holders
+from ._segment import (
+    KIND, NAME_MAX, FdSegment, check_size, describe_file, new_segment, not_found,
+    reattach_fd, record, remove_quietly, segment_or_close, unlink_recorded)
 
 __all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
            "attach", "reattach", "unlink", "describe", "remove", "array_dir"]
 
 FAMILIES = ("SharedArray",)
 BACKEND = "file"
-KIND = "SharedArray"
 HASHED_NAMES = False
 
 DEFAULT_DIR = "/var/tmp/mpx-arrays"
-_MAX_HOLDERS = 4
-# mmap.mmap keeps a duplicate of the descriptor unless told not to (3.13+);
-# before that a mapping costs two descriptors.
-_NO_DUP = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-_NAME_MAX = 255
 
 
 def array_dir():
@@ -81,7 +71,7 @@ def canonical_name(name):
         raise ValueError(f"{name!r} is not a usable file name")
     if "/" in name:
         return os.path.abspath(name)
-    if name in (".", "..") or len(name.encode()) > _NAME_MAX:
+    if name in (".", "..") or len(name.encode()) > NAME_MAX:
         raise ValueError(f"{name!r} is not a usable file name")
     return name
 
@@ -90,66 +80,27 @@ def _path_of(name):
     return name if "/" in name else os.path.join(array_dir(), name)
 
 
-def _close_quietly(fd):
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+class Segment(FdSegment):
+    """One mapping of a file in this process (``path``: where it is; None
+    when anonymous)."""
 
-
-class Segment:
-    """One mapping of a file in this process."""
+    _label = "file"
 
     def __init__(self, name, fd, readonly, origin=()):
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{_path_of(name) if name else 'descriptor'} is not a regular file")
-        self.name = name
         self.path = _path_of(name) if name is not None else None
-        self.size = st.st_size
-        self.readonly = readonly
-        self.identity = (st.st_dev, st.st_ino)
-        self._fd = fd
-        self._origin = tuple(origin)
-        if self.size == 0:
-            self._mmap = None       # not sized yet by its creator; nothing to map
-            self.buffer = memoryview(b"")
-            _close_quietly(fd)
-            return
-        access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
-        self._mmap = mmap.mmap(fd, self.size, access=access, **_NO_DUP)
-        # The descriptor lives as long as the mapping: it is how other
-        # processes reach the file once its name is gone.
-        closer = weakref.finalize(self._mmap, _close_quietly, fd)
-        closer.atexit = False
-        self.buffer = memoryview(self._mmap)
+        super().__init__(name, fd, readonly, origin)
 
-    @property
-    def ref(self):
-        holders = [(os.getpid(), self._fd)]
-        for pid, fd in self._origin:
-            if len(holders) >= _MAX_HOLDERS:
-                break
-            if all(pid != p for p, _ in holders):
-                holders.append((pid, fd))
-        return (self.identity, self.name, tuple(holders))
+    def _check(self, name, st):
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{self.path if name else 'descriptor'} is not a regular file")
 
     def flush(self):
         """Write dirty pages to the file now (msync)."""
         if self._mmap is not None and not self.readonly:
             self._mmap.flush()
 
-    def __repr__(self):
-        what = repr(self.path) if self.name else "anonymous"
-        return f"<file segment {what} {self.size} bytes{' read-only' if self.readonly else ''}>"
-
-
-def _segment_or_close(name, fd, readonly, origin=()):
-    try:
-        return Segment(name, fd, readonly, origin)
-    except BaseException:
-        _close_quietly(fd)
-        raise
+    def _shown(self):
+        return repr(self.path)
 
 
 def _open_anonymous(directory, mode):
@@ -164,30 +115,33 @@ def _open_anonymous(directory, mode):
     return fd
 
 
-def _reserve(fd, size, what):
+def _reserver(what):
+    """``reserve(fd, size)`` for `what` (said in the error)."""
+    def reserve(fd, size):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                os.ftruncate(fd, size)     # the filesystem cannot reserve; sparse it is
+            else:
+                raise OSError(e.errno, f"cannot reserve {size} bytes for {what}: "
+                              f"{os.strerror(e.errno)}") from None
+    return reserve
+
+
+def _unlink_quietly(path):
     try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-            os.ftruncate(fd, size)     # the filesystem cannot reserve; sparse it is
-        else:
-            raise OSError(e.errno, f"cannot reserve {size} bytes for {what}: "
-                          f"{os.strerror(e.errno)}") from None
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def create(name, size, *, mode=0o600, meta=None):
-    size = int(size)
-    if size <= 0:
-        raise ValueError(f"segment size must be positive, got {size}")
+    size = check_size(size)
     if name is None:
         fd = _open_anonymous(_ensure_dir(), mode)
-        try:
-            os.fchmod(fd, mode)
-            _reserve(fd, size, f"an anonymous file-backed array in {array_dir()}")
-            return Segment(None, fd, False)
-        except BaseException:
-            os.close(fd)
-            raise
+        return new_segment(Segment, None, fd, mode, size,
+                           _reserver(f"an anonymous file-backed array in {array_dir()}"))
     name = canonical_name(name)
     path = _path_of(name) if "/" in name else os.path.join(_ensure_dir(), name)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -198,19 +152,14 @@ def create(name, size, *, mode=0o600, meta=None):
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, f"cannot create {path!r}: its directory "
                                 f"does not exist", path) from None
-    try:
-        os.fchmod(fd, mode)     # os.open's mode went through the umask
-        _reserve(fd, size, repr(path))
-        segment = Segment(name, fd, False)
-    except BaseException:
-        _close_quietly(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    _names.record(KIND, BACKEND, name, module=__name__, path=path, **(meta or {}))
+    segment = new_segment(Segment, name, fd, mode, size, _reserver(repr(path)),
+                          lambda: _unlink_quietly(path))
+    record(BACKEND, __name__, name, meta, path=path)
     return segment
+
+
+def _not_found(name):
+    return not_found("file-backed", name, f" (no file {_path_of(name)!r})")
 
 
 def _open_existing(name, readonly):
@@ -221,83 +170,50 @@ def _open_existing(name, readonly):
     try:
         return os.open(path, flags)
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"no file-backed SharedArray named {name!r} "
-                                f"(no file {path!r})", name) from None
+        raise _not_found(name) from None
 
 
 def attach(name, *, readonly=False):
     name = canonical_name(name)
-    return _segment_or_close(name, _open_existing(name, readonly), readonly)
+    return segment_or_close(Segment, name, _open_existing(name, readonly), readonly)
 
 
 def reattach(ref, *, readonly=False):
-    identity, name, holders = ref
-    if name is not None:
-        try:
-            fd = _open_existing(name, readonly)
-        except OSError:
-            pass
-        else:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == tuple(identity):
-                return _segment_or_close(name, fd, readonly, holders)
-            os.close(fd)    # the path now holds another file
-    fd, denied = open_from_holders(holders, identity, readonly)
-    if fd is not None:
-        return _segment_or_close(name, fd, readonly, holders)
-    pids = ", ".join(str(p) for p, _ in holders)
-    if denied:
-        raise PermissionError(errno.EACCES, f"no permission to open the file held by "
-                              f"process(es) {pids}")
-    what = f"the file-backed SharedArray {name!r} was unlinked and" if name else \
-        "the anonymous file-backed SharedArray is gone:"
-    raise FileNotFoundError(errno.ENOENT, f"{what} every process that had it mapped "
-                            f"(pids {pids}) has let it go before this handle was opened; "
-                            f"keep a reference in the sender until the receiver has it, "
-                            f"or give the array a name", name)
+    # Any failure to open the path sends it to the holders: the path may have
+    # become a link (which O_NOFOLLOW refuses) or something else, while the
+    # holders still reach the file the handle names.
+    return reattach_fd(ref, readonly, Segment, _open_existing, OSError,
+                       "file-backed", "the file")
 
 
 def unlink(name):
     name = canonical_name(name)
-    try:
-        os.unlink(_path_of(name))
-    except FileNotFoundError:
-        _names.forget(KIND, BACKEND, name)
-        raise FileNotFoundError(errno.ENOENT, f"no file-backed SharedArray named {name!r} "
-                                f"(no file {_path_of(name)!r})", name) from None
-    _names.forget(KIND, BACKEND, name)
+
+    def remove():
+        try:
+            os.unlink(_path_of(name))
+        except FileNotFoundError:
+            raise _not_found(name) from None
+    unlink_recorded(BACKEND, name, remove)
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+def _recorded_path(entry):
+    return (entry.get("meta") or {}).get("path") or _path_of(canonical_name(entry["name"]))
 
 
 def describe(entry):
-    meta = entry.get("meta") or {}
-    try:
-        path = meta.get("path") or _path_of(canonical_name(entry["name"]))
-        st = os.stat(path)
-    except (OSError, ValueError, TypeError):
-        return None
-    nbytes = meta.get("bytes", st.st_size)
-    return {"size": _human(nbytes), "bytes": nbytes, "shape": meta.get("shape"),
-            "dtype": meta.get("dtype"), "segment_bytes": st.st_size, "path": path}
+    return describe_file(entry, _recorded_path)
 
 
 def remove(entry):
-    meta = entry.get("meta") or {}
-    path = meta.get("path")
+    path = (entry.get("meta") or {}).get("path")
     if path:
+        # The path it was made at (the record's name may be a bare name
+        # whose directory, $MPX_FILE_DIR, differs in this process).
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         _names.forget(KIND, BACKEND, entry["name"])
         return
-    try:
-        unlink(entry["name"])
-    except FileNotFoundError:
-        pass
+    remove_quietly(unlink, entry["name"])

@@ -42,17 +42,17 @@ import posix_ipc
 
 from .. import _names
 from ._mq_common import (
-    Empty, Full, FLAG_ANONYMOUS, KIND_OF_FAMILY, OPEN_WAIT, SHM_DIR, STATE_DEAD,
-    STATE_INIT, TAG_SIZE, JoinableMixin, MessageQueueBase, NotAnMpxQueue, PriorityMixin,
-    SideStore, Tag, anonymous_name, check_compatible, check_limit, check_mode,
-    forget_all, normalize_name, read_int, sweep_prefix, tag16, _unlink_quiet)
+    MAGIC, MIN_MSGSIZE, OPEN_WAIT, Empty, Full, FLAG_ANONYMOUS, KIND_OF_FAMILY, SHM_DIR,
+    TAG_SIZE, JoinableMixin, MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore, Tag,
+    check_compatible, count_sides, forget_all, half_created, ls_columns, normalize_name,
+    open_queue, queue_args, read_int, settled_header, side_prefix, sweep_prefix,
+    unpack_header, _unlink_quiet)
 from ._mq_common import PRIORITY_MIN, PRIORITY_MAX  # noqa: F401  (documented here too)
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
 
 BACKEND = "posix"
 DEFAULT_MSGSIZE = 8192
-MIN_MSGSIZE = 64            # room for a side-segment reference
 HARD_MSGMAX = 65536         # the kernel's ceiling even for privileged processes
 HARD_MSGSIZEMAX = 16 * 1024 * 1024
 
@@ -79,10 +79,6 @@ def _tagpath(body):
     return f"{SHM_DIR}/mpx-mq.{body}"
 
 
-def _side_prefix(body):
-    return f"mpx-mqside.{tag16(BACKEND, body)}."
-
-
 # ---------------------------------------------------------------------------
 # Errors that name the limit and the way out
 
@@ -91,6 +87,19 @@ def _permission_error(body, what):
     return PermissionError(
         errno.EACCES, f"permission denied opening mpx posix queue {body!r} ({what} belongs "
                       "to another user, or its mode forbids this user)")
+
+
+def _over_limit(arg, value, hard, unit, sysctl, soft, what, then):
+    """What is wrong with `arg`=`value` against the kernel's hard limit and
+    the sysctl fs.mqueue.`sysctl` (`soft`), or None; `what` says what that
+    limit means, `then` what happens with a smaller value."""
+    if value > hard:
+        return f"{arg}={value} is more than the kernel's hard limit of {hard} {unit}"
+    if value > soft:
+        return (f"{arg}={value} is more than /proc/sys/fs/mqueue/{sysctl} ({soft}){what}; "
+                f"raise it as root with `sysctl fs.mqueue.{sysctl}={value}`, or use a smaller "
+                f"{arg}{then}")
+    return None
 
 
 def _creation_error(e, body, maxmsg, msgsize):
@@ -106,25 +115,13 @@ def _creation_error(e, body, maxmsg, msgsize):
         return _permission_error(body, "the queue")
     msg_max, msgsize_max = system_limits()
     if isinstance(e, ValueError):       # EINVAL: "Invalid parameter(s)"
-        problems = []
-        if maxmsg > HARD_MSGMAX:
-            problems.append(f"maxsize={maxmsg} is more than the kernel's hard limit of "
-                            f"{HARD_MSGMAX} messages")
-        elif maxmsg > msg_max:
-            problems.append(
-                f"maxsize={maxmsg} is more than /proc/sys/fs/mqueue/msg_max ({msg_max}), the "
-                "most messages a POSIX queue may hold for a process without "
-                f"CAP_SYS_RESOURCE; raise it as root with `sysctl fs.mqueue.msg_max={maxmsg}`,"
-                " or use a smaller maxsize")
-        if msgsize > HARD_MSGSIZEMAX:
-            problems.append(f"msgsize={msgsize} is more than the kernel's hard limit of "
-                            f"{HARD_MSGSIZEMAX} bytes")
-        elif msgsize > msgsize_max:
-            problems.append(
-                f"msgsize={msgsize} is more than /proc/sys/fs/mqueue/msgsize_max "
-                f"({msgsize_max}); raise it as root with `sysctl fs.mqueue.msgsize_max="
-                f"{msgsize}`, or use a smaller msgsize (larger messages still go through, "
-                "by a side segment)")
+        problems = [p for p in (
+            _over_limit("maxsize", maxmsg, HARD_MSGMAX, "messages", "msg_max", msg_max,
+                        ", the most messages a POSIX queue may hold for a process without "
+                        "CAP_SYS_RESOURCE", ""),
+            _over_limit("msgsize", msgsize, HARD_MSGSIZEMAX, "bytes", "msgsize_max",
+                        msgsize_max, "", " (larger messages still go through, by a side "
+                        "segment)")) if p]
         if not problems:
             problems.append(f"the kernel refused maxsize={maxmsg}, msgsize={msgsize}")
         return ValueError(f"cannot create POSIX message queue {mqname!r}: " + "; ".join(problems))
@@ -240,22 +237,17 @@ def _attach_existing(family, body, maxsize, msgsize, deadline):
             if size >= TAG_SIZE:
                 break
             if time.monotonic() > deadline:
-                raise _half_created(body, family)
+                raise _half_created(family, body)
             time.sleep(0.001)           # the creator is between open and ftruncate
         mm, tag = _map_tag(fd)
     finally:
         os.close(fd)
     try:
-        try:
-            state = tag.wait_settled(deadline)
-        except NotAnMpxQueue as e:
-            raise NotAnMpxQueue(f"{tagpath} exists but is not an mpx queue tag: {e}") from None
-        if state == STATE_DEAD:
+        header = settled_header(tag, deadline, f"{tagpath} exists but is not an mpx queue tag",
+                                lambda: _half_created(family, body))
+        if header is None:
             _drop_tag(mm, tag)
             return None
-        if state == STATE_INIT:
-            raise _half_created(body, family)
-        header = tag.header()
         check_compatible(header, body, BACKEND, family, maxsize, msgsize)
         try:
             mq = posix_ipc.MessageQueue("/" + body, posix_ipc.O_NONBLOCK)
@@ -272,48 +264,26 @@ def _attach_existing(family, body, maxsize, msgsize, deadline):
     return _Res(body, mq, mm, tag)
 
 
-def _half_created(body, family):
-    # Recorded here too, in case the creator died before it could.
-    _names.record(family, BACKEND, body, module=__name__, half_created=True)
-    return RuntimeError(
-        f"mpx posix queue {body!r} was left half-created (its creator died while "
-        f"creating it?); remove it with `python -m mpx rm {body}` and try again")
+def _half_created(family, body):
+    return half_created(BACKEND, family, body, __name__)
 
 
 def _open(family, body, anonymous, maxsize, msgsize, mode, create):
     """(resources, created) for queue `body`, creating it if `create`."""
-    deadline = time.monotonic() + OPEN_WAIT
-    while True:
-        if create:
-            try:
-                fd = os.open(_tagpath(body),
-                             os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-            except FileExistsError:
-                pass
-            except PermissionError:
-                raise _permission_error(body, "/dev/shm") from None
-            else:
-                return _create(fd, family, body, anonymous, maxsize, msgsize, mode), True
+    def try_create():
         try:
-            res = _attach_existing(family, body, maxsize, msgsize, deadline)
-        except FileNotFoundError as e:
-            if e.filename is None:      # our own "damaged" error, not a missing tag
-                raise
-            if not create:
-                if anonymous:
-                    raise FileNotFoundError(
-                        f"anonymous mpx posix queue {body!r} no longer exists: the process "
-                        "that created it has dropped it or exited") from None
-                raise FileNotFoundError(
-                    f"no mpx posix queue named {body!r} (create=False)") from None
-            res = None                  # removed meanwhile: create it afresh
-        if res is not None:
-            return res, False
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mpx posix queue {body!r} is being removed by another "
-                               "process and did not go away; try again, or remove it with "
-                               f"`python -m mpx rm {body}`")
-        time.sleep(0.002)
+            fd = os.open(_tagpath(body), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         mode)
+        except FileExistsError:
+            return None
+        except PermissionError:
+            raise _permission_error(body, "/dev/shm") from None
+        return _create(fd, family, body, anonymous, maxsize, msgsize, mode)
+
+    return open_queue(BACKEND, body, anonymous, try_create if create else None,
+                      lambda deadline: _attach_existing(family, body, maxsize, msgsize,
+                                                        deadline),
+                      OPEN_WAIT)
 
 
 def _remove(body):
@@ -340,7 +310,7 @@ def _remove(body):
         pass
     except posix_ipc.PermissionsError:
         raise _permission_error(body, "the queue") from None
-    sweep_prefix(_side_prefix(body))
+    sweep_prefix(side_prefix(BACKEND, body))
     try:
         _unlink_quiet(tagpath)
     except PermissionError:
@@ -350,17 +320,6 @@ def _remove(body):
 
 # ---------------------------------------------------------------------------
 # The queue classes
-
-
-def _closed_call(queue):
-    # Holds the queue's repr, not the queue: a reference back to it would
-    # make a cycle and delay the clean-up of an anonymous queue until the
-    # cyclic garbage collector happens to run.
-    what = repr(queue)
-
-    def closed(*args):
-        raise ValueError(f"{what} is closed")
-    return closed
 
 
 class PosixQueue(MessageQueueBase):
@@ -375,7 +334,7 @@ class PosixQueue(MessageQueueBase):
         self._msend = res.mq.send
         self._mrecv = res.mq.receive
         self._setup(res, serializer, res.body, anonymous, created, res.tag,
-                    SideStore(tag16(BACKEND, res.body), os.fstat(res.mq.mqd).st_mode & 0o777),
+                    SideStore(BACKEND, res.body, os.fstat(res.mq.mqd).st_mode & 0o777),
                     res.mq.max_message_size, header_maxsize)
 
     @classmethod
@@ -414,33 +373,28 @@ class PosixQueue(MessageQueueBase):
                 msg = self._mrecv()[0]
             except _BusyError:
                 msg = self._recv_wait(None)[0]
-            try:
-                raw = msg[0] == 0x80        # RAW: the message is the pickle stream
-            except IndexError:
-                raw = False                 # an empty message: not mpx's (_decode says so)
-            if raw:
-                return self._loads(msg)
             return self._decode(msg)
         return super().get(block, timeout)
 
-    def close(self):
-        super().close()
-        # The fast paths call these without checking _closed.
-        self._msend = self._mrecv = _closed_call(self)
-
-    def _wait_fd(self, events, deadline, exc):
-        """Sleep until the descriptor reports `events`, or raise `exc` once
-        `deadline` (monotonic; None: never) has passed."""
-        if deadline is None:
-            ms = None
-        else:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise exc
-            ms = math.ceil(left * 1000)
+    def _when_ready(self, events, deadline, exc, call, *args):
+        """Sleep until the descriptor reports `events`, then ``call(*args)``;
+        again while another process gets there first (BusyError); raise `exc`
+        once `deadline` (monotonic; None: never) has passed."""
         poller = select.poll()
         poller.register(self._fd, events)
-        poller.poll(ms)
+        while True:
+            if deadline is None:
+                ms = None
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise exc
+                ms = math.ceil(left * 1000)
+            poller.poll(ms)
+            try:
+                return call(*args)
+            except _BusyError:
+                pass                    # another sender/receiver took the slot first
 
     def _send(self, frame, prio, timeout):
         try:
@@ -451,13 +405,7 @@ class PosixQueue(MessageQueueBase):
         self._send_wait(frame, prio, None if timeout is None else time.monotonic() + timeout)
 
     def _send_wait(self, frame, prio, deadline):
-        send = self._mq.send
-        while True:
-            self._wait_fd(select.POLLOUT, deadline, Full)
-            try:
-                return send(frame, None, prio)
-            except _BusyError:
-                pass                    # another sender took the slot first
+        return self._when_ready(select.POLLOUT, deadline, Full, self._mq.send, frame, None, prio)
 
     def _recv(self, timeout):
         try:
@@ -468,13 +416,7 @@ class PosixQueue(MessageQueueBase):
         return self._recv_wait(None if timeout is None else time.monotonic() + timeout)
 
     def _recv_wait(self, deadline):
-        receive = self._mq.receive
-        while True:
-            self._wait_fd(select.POLLIN, deadline, Empty)
-            try:
-                return receive()
-            except _BusyError:
-                pass                    # another receiver took the message first
+        return self._when_ready(select.POLLIN, deadline, Empty, self._mq.receive)
 
     def _qsize(self):
         return self._mq.current_messages
@@ -527,15 +469,7 @@ _CLASSES = {"Queue": PosixQueue, "SimpleQueue": PosixSimpleQueue,
 
 
 def _make(family, maxsize, serializer, name, mode, msgsize, create):
-    maxsize = check_limit("maxsize", maxsize) or 0
-    msgsize = check_limit("msgsize", msgsize)
-    if msgsize is not None and msgsize < MIN_MSGSIZE:
-        raise ValueError(f"msgsize must be at least {MIN_MSGSIZE} bytes, not {msgsize}")
-    mode = check_mode(mode)
-    if name is None:
-        body, anonymous = anonymous_name(), True
-    else:
-        body, anonymous = normalize_name(name), False
+    body, anonymous, maxsize, msgsize, mode = queue_args(name, maxsize, msgsize, mode)
     res, created = _open(family, body, anonymous, maxsize, msgsize, mode, create)
     header_maxsize = maxsize if created else res.tag.header()["maxsize"]
     return _CLASSES[family](res, serializer, created, anonymous, header_maxsize)
@@ -588,9 +522,11 @@ def describe(entry):
                 try:
                     view = memoryview(mm)
                     try:
-                        info.update(_header_from(view))
+                        header = unpack_header(view)
                     finally:
                         view.release()
+                    info.update(ls_columns(header) if header["magic"] == MAGIC
+                                else {"state": "not an mpx tag"})
                 finally:
                     mm.close()
             else:
@@ -614,32 +550,10 @@ def describe(entry):
                     size=f"{cur}/{cap} msgs")
     finally:
         mq.close()
-    sides = _side_files(body)
+    sides = count_sides(BACKEND, body)
     if sides:
-        info["side_segments"] = len(sides)
+        info["side_segments"] = sides
     return info
-
-
-def _header_from(view):
-    from ._mq_common import _HDR, FAMILY_OF_KIND
-    (magic, version, state, _, _, _, _, unfinished, kind, maxsize, msgsize, flags, pid,
-     name_len, _) = _HDR.unpack(view[:_HDR.size])
-    if magic != b"MPXMQTAG":
-        return {"state": "not an mpx tag"}
-    out = {"state": {0: "half-created", 1: "ready", 2: "being removed"}.get(state, "?"),
-           "family": FAMILY_OF_KIND.get(kind, "?"), "maxsize": maxsize,
-           "creator_pid": pid, "anonymous": bool(flags & FLAG_ANONYMOUS)}
-    if kind == KIND_OF_FAMILY["JoinableQueue"]:
-        out["unfinished"] = unfinished
-    return out
-
-
-def _side_files(body):
-    prefix = _side_prefix(body)
-    try:
-        return [f for f in os.listdir(SHM_DIR) if f.startswith(prefix)]
-    except OSError:
-        return []
 
 
 def remove(entry):

@@ -60,17 +60,16 @@ import sysv_ipc
 
 from .. import _names
 from ._mq_common import (
-    Empty, Full, FLAG_ANONYMOUS, KIND_OF_FAMILY, OPEN_WAIT, STATE_DEAD, STATE_INIT,
-    TAG_SIZE, JoinableMixin, MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore,
-    Tag, anonymous_name, check_compatible, check_limit, check_mode, forget_all,
-    normalize_name, read_int, sweep_prefix, tag16, SHM_DIR, PRIORITY_MAX, OFF_DATA_WAITERS,
-    OFF_SPACE_WAITERS)
+    MIN_MSGSIZE, OPEN_WAIT, Empty, Full, FLAG_ANONYMOUS, KIND_OF_FAMILY, TAG_SIZE,
+    JoinableMixin, MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore, Tag,
+    check_compatible, check_limit, count_sides, forget_all, half_created, ls_columns,
+    normalize_name, open_queue, queue_args, read_int, settled_header, side_prefix,
+    sweep_prefix, SHM_DIR, PRIORITY_MAX, OFF_DATA_WAITERS, OFF_SPACE_WAITERS)
 from ._mq_common import PRIORITY_MIN  # noqa: F401  (documented here too)
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
 
 BACKEND = "sysv"
-MIN_MSGSIZE = 64            # room for a side-segment reference
 TYPE_BASE = PRIORITY_MAX + 1    # priority p travels as message type TYPE_BASE - p
 FIFO_TYPE = 1
 WAIT_CAP = 0.05             # longest single futex sleep of a timed wait (see above)
@@ -101,10 +100,6 @@ def key_for_name(name):
     body = normalize_name(name)
     digest = hashlib.blake2b(b"mpx-sysv:" + body.encode("utf-8"), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF or 1
-
-
-def _side_prefix(body):
-    return f"mpx-mqside.{tag16(BACKEND, body)}."
 
 
 def _is_eintr(e):
@@ -217,21 +212,13 @@ def _attach_existing(family, body, key, maxsize, msgsize, deadline):
                             "memory segment that is not an mpx queue tag; choose another name")
     tag = Tag(shm)
     try:
-        try:
-            state = tag.wait_settled(deadline)
-        except NotAnMpxQueue as e:
-            raise NotAnMpxQueue(f"SysV key {key:#x} (of mpx sysv queue {body!r}) holds a "
-                                f"segment that is not an mpx queue tag: {e}") from None
-        if state == STATE_DEAD:
+        header = settled_header(
+            tag, deadline, f"SysV key {key:#x} (of mpx sysv queue {body!r}) holds a segment "
+            "that is not an mpx queue tag",
+            lambda: half_created(BACKEND, family, body, __name__, key=key))
+        if header is None:
             _drop_tag(shm, tag)
             return None
-        if state == STATE_INIT:
-            # Recorded here too, in case the creator died before it could.
-            _names.record(family, BACKEND, body, module=__name__, key=key, half_created=True)
-            raise RuntimeError(
-                f"mpx sysv queue {body!r} was left half-created (its creator died while "
-                f"creating it?); remove it with `python -m mpx rm {body}` and try again")
-        header = tag.header()
         check_compatible(header, body, BACKEND, family, maxsize, msgsize)
         try:
             mq = sysv_ipc.MessageQueue(key, 0, 0o600, header["msgsize"])
@@ -266,43 +253,28 @@ def _open(family, body, key, anonymous, maxsize, msgsize, capacity, mode, create
             raise ValueError(f"msgsize={msgsize} is more than the queue's capacity of {room} "
                              "bytes; ask for a larger capacity= or a smaller msgsize")
         create_msgsize = msgsize if msgsize is not None else ceiling
-    deadline = time.monotonic() + OPEN_WAIT
-    while True:
-        if create:
+
+    def try_create():
+        while True:
             k = key if key is not None else (int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1)
             try:
                 shm = sysv_ipc.SharedMemory(k, sysv_ipc.IPC_CREX, mode, TAG_SIZE, b"\0")
             except sysv_ipc.ExistentialError:
                 if key is None:
                     continue            # that random key is taken: draw another
+                return None
             except sysv_ipc.PermissionsError:
                 raise _permission_error(body, k, "a segment") from None
             except OSError as e:
                 raise OSError(e.errno, f"cannot create the tag segment of mpx sysv queue "
                                        f"{body!r}: {e}") from None
-            else:
-                return _create(shm, k, family, body, anonymous, maxsize, create_msgsize,
-                               capacity, mode), True
-        try:
-            res = _attach_existing(family, body, key, maxsize, msgsize, deadline)
-        except FileNotFoundError as e:
-            if e.filename is None:      # our own "damaged" error, not a missing tag
-                raise
-            if not create:
-                if anonymous:
-                    raise FileNotFoundError(
-                        f"anonymous mpx sysv queue {body!r} no longer exists: the process "
-                        "that created it has dropped it or exited") from None
-                raise FileNotFoundError(f"no mpx sysv queue named {body!r} "
-                                        "(create=False)") from None
-            res = None                  # removed meanwhile: create it afresh
-        if res is not None:
-            return res, False
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mpx sysv queue {body!r} is being removed by another process "
-                               "and did not go away; try again, or remove it with "
-                               f"`python -m mpx rm {body}`")
-        time.sleep(0.002)
+            return _create(shm, k, family, body, anonymous, maxsize, create_msgsize,
+                           capacity, mode)
+
+    return open_queue(BACKEND, body, anonymous, try_create if create else None,
+                      lambda deadline: _attach_existing(family, body, key, maxsize, msgsize,
+                                                        deadline),
+                      OPEN_WAIT)
 
 
 def _remove(body, key):
@@ -343,7 +315,7 @@ def _remove(body, key):
                 sysv_ipc.Semaphore(key).remove()
             except sysv_ipc.ExistentialError:
                 pass
-        sweep_prefix(_side_prefix(body))
+        sweep_prefix(side_prefix(BACKEND, body))
         try:
             shm.remove()
         except sysv_ipc.ExistentialError:
@@ -357,17 +329,6 @@ def _remove(body, key):
 
 # ---------------------------------------------------------------------------
 # The queue classes
-
-
-def _closed_call(queue):
-    # Holds the queue's repr, not the queue: a reference back to it would
-    # make a cycle and delay the clean-up of an anonymous queue until the
-    # cyclic garbage collector happens to run.
-    what = repr(queue)
-
-    def closed(*args):
-        raise ValueError(f"{what} is closed")
-    return closed
 
 
 class SysvQueue(MessageQueueBase):
@@ -390,7 +351,7 @@ class SysvQueue(MessageQueueBase):
         self._words = tag.words
         self._bounded = header["maxsize"]
         self._setup(res, serializer, res.body, anonymous, created, tag,
-                    SideStore(tag16(BACKEND, res.body), res.mq.mode & 0o777),
+                    SideStore(BACKEND, res.body, res.mq.mode & 0o777),
                     header["msgsize"], header["maxsize"])
         if self._bounded:
             self._raw_limit = -1    # bounded puts take the lock: never the fast path
@@ -419,7 +380,7 @@ class SysvQueue(MessageQueueBase):
                 try:
                     self._msend(data)           # block=True, type=1 (FIFO_TYPE)
                 except _Error as e:
-                    self._send_retry(e, data)
+                    self._retry(e, self._msend, data)
                 if self._words[5]:                 # DATA_WAITERS (literal: hot path)
                     self._ring(self._data_seq)
                 return
@@ -427,15 +388,22 @@ class SysvQueue(MessageQueueBase):
             return self._put_data(data, 0, None)
         self._put(obj, 0, block, timeout)
 
-    def _send_retry(self, e, frame):
-        """A blocking send failed with `e`: retry after EINTR (the signal
-        handlers have run by now), translate anything else."""
-        while _is_eintr(e):
+    def _retry(self, e, call, *args):
+        """The blocking ``call(*args)`` raised `e`: call it again after EINTR
+        (the signal handlers have run by now), translate anything else."""
+        if not _is_eintr(e):
+            raise self._translate(e) from None
+        return self._blocking(call, *args)
+
+    def _blocking(self, call, *args):
+        """``call(*args)``, a blocking sysv_ipc call, repeated while EINTR
+        interrupts it; any other error translated."""
+        while True:
             try:
-                return self._msend(frame)
-            except _Error as again:
-                e = again
-        raise self._translate(e) from None
+                return call(*args)
+            except _Error as e:
+                if not _is_eintr(e):
+                    raise self._translate(e) from None
 
     # PriorityQueue overrides get(); this fast path is the FIFO families'.
     def get(self, block=True, timeout=None):
@@ -443,30 +411,11 @@ class SysvQueue(MessageQueueBase):
             try:
                 msg = self._mrecv()[0]          # block=True, type=0: the oldest
             except _Error as e:
-                msg = self._recv_retry(e)
+                msg = self._retry(e, self._mrecv)[0]
             if self._words[7]:                     # SPACE_WAITERS
                 self._ring(self._space_seq)
-            try:
-                raw = msg[0] == 0x80        # RAW: the message is the pickle stream
-            except IndexError:
-                raw = False                 # an empty message: not mpx's (_decode says so)
-            if raw:
-                return self._loads(msg)
             return self._decode(msg)
         return super().get(block, timeout)
-
-    def _recv_retry(self, e):
-        while _is_eintr(e):
-            try:
-                return self._mrecv()[0]
-            except _Error as again:
-                e = again
-        raise self._translate(e) from None
-
-    def close(self):
-        super().close()
-        # The fast paths call these without checking _closed.
-        self._msend = self._mrecv = _closed_call(self)
 
     # -- general path ----------------------------------------------------
 
@@ -482,35 +431,51 @@ class SysvQueue(MessageQueueBase):
         seq.add(1)
         seq.wake()
 
-    def _sleep(self, waiters, seq, attempt, deadline):
-        """Register in `waiters`, re-run `attempt`, and if it still fails sleep
-        on `seq` until woken, the deadline, or WAIT_CAP. Returns attempt's
-        result (None: failed again)."""
-        waiters.add(1)
-        try:
-            expected = seq.load()
-            result = attempt()
-            if result is not None:
-                return result
-            left = WAIT_CAP if deadline is None else min(deadline - time.monotonic(), WAIT_CAP)
-            if left > 0:
-                seq.wait(expected, timeout=left)
-            return None
-        finally:
-            waiters.add(0xFFFFFFFF)
+    def _wake_getters(self):
+        """After a put: wake the getters sleeping in a timed wait, if any."""
+        if self._data_waiters.load():
+            self._ring(self._data_seq)
+
+    def _wake_putters(self):
+        """After a get: wake the putters sleeping in a timed wait, if any."""
+        if self._space_waiters.load():
+            self._ring(self._space_seq)
+
+    def _transient(self, e):
+        """After a non-blocking call raised sysv_ipc error `e`: return if
+        trying again later makes sense (no room or no message, or EINTR);
+        raise the translated error otherwise."""
+        if not (isinstance(e, _BusyError) or _is_eintr(e)):
+            raise self._translate(e) from None
+
+    def _wait(self, attempt, waiters, seq, timeout, exc):
+        """Repeat ``attempt()`` until it returns a result, sleeping between
+        tries (see the module docstring): register in `waiters`, re-try, and
+        if it still fails sleep on `seq` until woken, the deadline, or
+        WAIT_CAP. Raises `exc` once `timeout` seconds (None: never) passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise exc
+            waiters.add(1)
+            try:
+                expected = seq.load()
+                result = attempt()
+                if result is not None:
+                    return result
+                left = WAIT_CAP if deadline is None else min(deadline - time.monotonic(),
+                                                             WAIT_CAP)
+                if left > 0:
+                    seq.wait(expected, timeout=left)
+            finally:
+                waiters.add(0xFFFFFFFF)
 
     def _try_send(self, frame, mtype):
         """One attempt without waiting: True if sent, None if no room."""
         try:
             if self._bounded:
                 sem = self._sem
-                while True:
-                    try:
-                        sem.acquire()
-                        break
-                    except _Error as e:
-                        if not _is_eintr(e):
-                            raise
+                self._blocking(sem.acquire)
                 try:
                     if self._mq.current_messages >= self._bounded:
                         return None
@@ -519,80 +484,46 @@ class SysvQueue(MessageQueueBase):
                     sem.release()
             else:
                 self._mq.send(frame, False, mtype)
-        except _BusyError:
-            return None
         except _Error as e:
-            if _is_eintr(e):
-                return None
-            raise self._translate(e) from None
-        if self._data_waiters.load():
-            self._ring(self._data_seq)
+            self._transient(e)
+            return None
+        self._wake_getters()
         return True
 
     def _send(self, frame, prio, timeout):
         mtype = self._mtype(prio)
         if timeout is None and not self._bounded:
-            send = self._mq.send
-            while True:
-                try:
-                    send(frame, True, mtype)
-                    break
-                except _Error as e:
-                    if not _is_eintr(e):
-                        raise self._translate(e) from None
-            if self._data_waiters.load():
-                self._ring(self._data_seq)
+            self._blocking(self._mq.send, frame, True, mtype)
+            self._wake_getters()
             return
         if self._try_send(frame, mtype):
             return
         if timeout == 0:
             raise Full
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt = lambda: self._try_send(frame, mtype)   # noqa: E731
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Full
-            if self._sleep(self._space_waiters, self._space_seq, attempt, deadline):
-                return
+        self._wait(lambda: self._try_send(frame, mtype), self._space_waiters, self._space_seq,
+                   timeout, Full)
 
     def _try_recv(self):
+        """One attempt without waiting: (msg, priority), or None if empty."""
         try:
             msg, mtype = self._mq.receive(False, self._recv_type)
-        except _BusyError:
-            return None
         except _Error as e:
-            if _is_eintr(e):
-                return None
-            raise self._translate(e) from None
-        if self._space_waiters.load():
-            self._ring(self._space_seq)
+            self._transient(e)
+            return None
+        self._wake_putters()
         return msg, self._prio(mtype)
 
     def _recv(self, timeout):
         if timeout is None:
-            receive = self._mq.receive
-            while True:
-                try:
-                    msg, mtype = receive(True, self._recv_type)
-                    break
-                except _Error as e:
-                    if not _is_eintr(e):
-                        raise self._translate(e) from None
-            if self._space_waiters.load():
-                self._ring(self._space_seq)
+            msg, mtype = self._blocking(self._mq.receive, True, self._recv_type)
+            self._wake_putters()
             return msg, self._prio(mtype)
         got = self._try_recv()
         if got is not None:
             return got
         if timeout == 0:
             raise Empty
-        deadline = time.monotonic() + timeout
-        while True:
-            if time.monotonic() >= deadline:
-                raise Empty
-            got = self._sleep(self._data_waiters, self._data_seq, self._try_recv, deadline)
-            if got is not None:
-                return got
+        return self._wait(self._try_recv, self._data_waiters, self._data_seq, timeout, Empty)
 
     def _qsize(self):
         try:
@@ -645,19 +576,11 @@ _CLASSES = {"Queue": SysvQueue, "SimpleQueue": SysvSimpleQueue,
 
 
 def _make(family, maxsize, serializer, name, mode, msgsize, capacity, create):
-    maxsize = check_limit("maxsize", maxsize) or 0
-    msgsize = check_limit("msgsize", msgsize)
     capacity = check_limit("capacity", capacity)
-    if msgsize is not None and msgsize < MIN_MSGSIZE:
-        raise ValueError(f"msgsize must be at least {MIN_MSGSIZE} bytes, not {msgsize}")
     if capacity is not None and capacity < MIN_MSGSIZE:
         raise ValueError(f"capacity must be at least {MIN_MSGSIZE} bytes, not {capacity}")
-    mode = check_mode(mode)
-    if name is None:
-        body, key, anonymous = anonymous_name(), None, True
-    else:
-        body = normalize_name(name)
-        key, anonymous = key_for_name(body), False
+    body, anonymous, maxsize, msgsize, mode = queue_args(name, maxsize, msgsize, mode)
+    key = None if anonymous else key_for_name(body)
     res, created = _open(family, body, key, anonymous, maxsize, msgsize, capacity, mode, create)
     return _CLASSES[family](res, serializer, created, anonymous, res.tag.header())
 
@@ -720,12 +643,7 @@ def describe(entry):
             return None
         if header["name"] != body:
             return None             # the key is another queue's now
-        info = {"key": f"{key:#x}", "family": header["family"], "maxsize": header["maxsize"],
-                "creator_pid": header["creator_pid"], "anonymous": header["anonymous"],
-                "state": {0: "half-created", 1: "ready", 2: "being removed"}.get(
-                    header["state"], "?")}
-        if header["kind"] == KIND_OF_FAMILY["JoinableQueue"]:
-            info["unfinished"] = header["unfinished"]
+        info = {"key": f"{key:#x}", **ls_columns(header)}
     finally:
         _drop_tag(shm, tag)
     try:
@@ -737,13 +655,9 @@ def describe(entry):
         info["size"] = "(no kernel queue)"
     except sysv_ipc.PermissionsError:
         info["size"] = "?"
-    prefix = _side_prefix(body)
-    try:
-        sides = [f for f in os.listdir(SHM_DIR) if f.startswith(prefix)]
-    except OSError:
-        sides = []
+    sides = count_sides(BACKEND, body)
     if sides:
-        info["side_segments"] = len(sides)
+        info["side_segments"] = sides
     return info
 
 

@@ -1,12 +1,9 @@
 """SysV shared memory for SharedArray (``shmget``/``shmat`` through ``sysv_ipc``).
 
-Mechanism only; the array header and everything numpy is
-``mpx.sharedarray``'s business, and nothing here imports it.
-
-The segment API is the one described in ``mpx.backends.posix_shm`` (the
-three SharedArray backends offer the same functions and ``Segment``
-attributes): ``canonical_name``, ``create``, ``attach``, ``reattach``,
-``unlink``, ``HASHED_NAMES``, ``describe``, ``remove``.
+Mechanism only (the array header and everything numpy is
+``mpx.sharedarray``'s business): this module offers the segment API that
+``mpx.backends._segment`` describes, with ``HASHED_NAMES`` true, and
+``key_for(name)`` besides.
 
 Names: SysV segments have integer keys, not names, so a name is hashed to a
 key (BLAKE2b, 31 bits). Two names can share a key; ``HASHED_NAMES`` tells the
@@ -43,14 +40,14 @@ import weakref
 
 import sysv_ipc
 
-from .. import _names
+from ._segment import (
+    check_size, describe_row, gone_error, not_found, record, remove_quietly, unlink_recorded)
 
 __all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
            "attach", "reattach", "unlink", "describe", "remove", "key_for"]
 
 FAMILIES = ("SharedArray",)
 BACKEND = "sysv"
-KIND = "SharedArray"
 HASHED_NAMES = True
 
 
@@ -114,10 +111,16 @@ def _remove_quietly(shm):
         pass
 
 
+def _segment_or_detach(shm, name, readonly):
+    try:
+        return Segment(shm, name, readonly)
+    except BaseException:
+        _detach(shm)
+        raise
+
+
 def create(name, size, *, mode=0o600, meta=None):
-    size = int(size)
-    if size <= 0:
-        raise ValueError(f"segment size must be positive, got {size}")
+    size = check_size(size)
     if name is None:
         key = sysv_ipc.IPC_PRIVATE
     else:
@@ -147,13 +150,12 @@ def create(name, size, *, mode=0o600, meta=None):
         _detach(shm)
         raise
     if name is not None:
-        _names.record(KIND, BACKEND, name, module=__name__, key=key, **(meta or {}))
+        record(BACKEND, __name__, name, meta, key=key)
     return segment
 
 
 def _not_found(name):
-    return FileNotFoundError(errno.ENOENT, f"no SysV SharedArray named {name!r} "
-                             f"(no segment with key {key_for(name):#x})", name)
+    return not_found("SysV", name, f" (no segment with key {key_for(name):#x})")
 
 
 def _open_by_key(name, mode):
@@ -174,12 +176,7 @@ def _open_by_key(name, mode):
 
 def attach(name, *, readonly=False):
     name = canonical_name(name)
-    shm = _open_by_key(name, 0o400 if readonly else 0o600)
-    try:
-        return Segment(shm, name, readonly)
-    except BaseException:
-        _detach(shm)
-        raise
+    return _segment_or_detach(_open_by_key(name, 0o400 if readonly else 0o600), name, readonly)
 
 
 def reattach(ref, *, readonly=False):
@@ -187,39 +184,28 @@ def reattach(ref, *, readonly=False):
     try:
         shm = sysv_ipc.attach(int(shmid), flags=sysv_ipc.SHM_RDONLY if readonly else 0)
     except ValueError:      # EINVAL: no such id any more
-        what = f"the SysV SharedArray {name!r} was unlinked and" if name else \
-            "the anonymous SysV SharedArray is gone:"
-        raise FileNotFoundError(errno.ENOENT, f"{what} every process that had it attached "
-                                f"(segment id {shmid}) has let it go before this handle "
-                                f"was opened; keep a reference in the sender until the "
-                                f"receiver has it, or give the array a name", name) from None
+        raise gone_error("SysV", name, f"had it attached (segment id {shmid})") from None
     except sysv_ipc.PermissionsError as e:
         raise PermissionError(errno.EACCES, f"no permission to attach SysV segment id "
                               f"{shmid} ({e})") from None
-    try:
-        return Segment(shm, name, readonly)
-    except BaseException:
-        _detach(shm)
-        raise
+    return _segment_or_detach(shm, name, readonly)
 
 
 def unlink(name):
     name = canonical_name(name)
-    # sysv_ipc can only find a segment's id by attaching it; mode 0 asks for
-    # no permission and attaches read-only, briefly.
-    try:
+
+    def remove():
+        # sysv_ipc can only find a segment's id by attaching it; mode 0 asks
+        # for no permission and attaches read-only, briefly.
         shm = _open_by_key(name, 0)
-    except FileNotFoundError:
-        _names.forget(KIND, BACKEND, name)
-        raise
-    try:
-        shm.remove()
-    except sysv_ipc.PermissionsError as e:
-        raise PermissionError(errno.EPERM, f"no permission to remove SysV segment "
-                              f"{name!r} ({e})", name) from None
-    finally:
-        _detach(shm)
-    _names.forget(KIND, BACKEND, name)
+        try:
+            shm.remove()
+        except sysv_ipc.PermissionsError as e:
+            raise PermissionError(errno.EPERM, f"no permission to remove SysV segment "
+                                  f"{name!r} ({e})", name) from None
+        finally:
+            _detach(shm)
+    unlink_recorded(BACKEND, name, remove)
 
 
 def _segments():
@@ -237,13 +223,6 @@ def _segments():
     return found
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 def describe(entry):
     try:
         key = key_for(entry["name"])
@@ -252,15 +231,9 @@ def describe(entry):
     seg = _segments().get(key)
     if seg is None:
         return None
-    meta = entry.get("meta") or {}
-    nbytes = meta.get("bytes", seg[1])
-    return {"size": _human(nbytes), "bytes": nbytes, "shape": meta.get("shape"),
-            "dtype": meta.get("dtype"), "segment_bytes": seg[1],
-            "key": f"{key:#x}", "id": seg[0]}
+    shmid, segment_bytes = seg
+    return describe_row(entry, segment_bytes, key=f"{key:#x}", id=shmid)
 
 
 def remove(entry):
-    try:
-        unlink(entry["name"])
-    except FileNotFoundError:
-        pass
+    remove_quietly(unlink, entry["name"])
