@@ -4,6 +4,8 @@
   per start method (fork, spawn, forkserver).
 - `backends_for(family)`: the backends that offer a family, for
   ``pytest.mark.parametrize``; `MPX_TEST_BACKENDS=a,b` narrows them.
+- `join_all(procs)`: join children with a bound, kill any that hung, and
+  fail unless every one exited 0.
 - Every test is bounded (pytest-timeout, set in pytest.ini) and faulthandler
   dumps the stacks of a hung test.
 - `no_leaks` (autouse) fails a test that leaves files in /dev/shm or
@@ -39,6 +41,19 @@ def backends_for(family):
     if only:
         names = [n for n in names if n in only.split(",")]
     return names
+
+
+def join_all(procs, timeout=60):
+    """Join `procs` (each within `timeout` s); kill and fail on a hung one,
+    and fail unless every exit code is 0."""
+    for p in procs:
+        p.join(timeout)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(5)
+    assert not hung, f"{len(hung)} child process(es) hung"
+    assert [p.exitcode for p in procs] == [0] * len(procs), [p.exitcode for p in procs]
 
 
 @pytest.fixture(params=START_METHODS)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import backends_for
+from conftest import backends_for, join_all
 
 Q_BACKENDS = ["stdlib"] + backends_for("Queue")
 SQ_BACKENDS = ["stdlib"] + backends_for("SimpleQueue")
@@ -23,17 +23,6 @@ def make(ctx, family, backend, *args):
     if backend == "stdlib":
         return getattr(ctx.stdlib_context(), family)(*args)
     return getattr(ctx, family)(*args, backend=backend)
-
-
-def join_all(procs, timeout=60):
-    for p in procs:
-        p.join(timeout)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, f"{len(alive)} child process(es) hung"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
 # --- child process bodies (module level: spawn imports them) ----------------

@@ -26,6 +26,8 @@ from mpx.backends import file as file_backend
 from mpx.backends import posix_shm, sysv_shm
 from mpx.sharedarray import InvalidSegmentError, SharedArray
 
+from conftest import join_all
+
 BACKENDS = ["posix", "sysv", "file"]
 MODULES = {"posix": posix_shm, "sysv": sysv_shm, "file": file_backend}
 TIMEOUT = 60
@@ -66,17 +68,6 @@ def named(tmp_path):
 
 def data_ptr(a):
     return a.__array_interface__["data"][0]
-
-
-def join_all(procs, timeout=TIMEOUT):
-    for p in procs:
-        p.join(timeout)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, f"{len(alive)} child process(es) hung"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
 # --- child process bodies (module level: spawn imports them) ---------------

@@ -29,6 +29,8 @@ from mpx import _names
 from mpx._ext import ring as ringmod
 from mpx.backends import shm
 
+from conftest import join_all
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -38,17 +40,6 @@ def make(ctx, impl, family="Queue", *args, **kw):
     if impl == "stdlib":
         return getattr(ctx.stdlib_context(), family)(*args)
     return getattr(ctx, family)(*args, backend="shm", **kw)
-
-
-def join_all(procs, timeout=60):
-    for p in procs:
-        p.join(timeout)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
-    assert not hung, "child process hung"
-    assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
 def unique_name(tag):
