@@ -568,7 +568,6 @@ class Server:
         self.stop_event = threading.Event()
         self._stopped = False
         self._hot = None       # thread that served the latest request
-        self._hot_since = 0.0  # when that last changed
 
     # -- running ----------------------------------------------------------
     def serve_forever(self):
@@ -665,7 +664,6 @@ class Server:
             else (lambda obj, protocol: dumps(obj))
         objects = self.objects
         me = threading.current_thread()
-        clock = time.monotonic
         none_reply = dumps((_RETURN, None))
         spin = False
         while True:
@@ -676,16 +674,17 @@ class Server:
                 data = recv(spin)
             except (EOFError, OSError):
                 return
-            # Spin for the next request only while a single client keeps
-            # this server busy: spinning threads would make others wait for
-            # the GIL.
-            now = clock()
-            if self._hot is not me:
-                self._hot = me
-                self._hot_since = now
-                spin = False
+            # Spin for the next request only while one client keeps this
+            # server busy (two requests in a row on this connection), from
+            # its second request on: spinning threads would make the others
+            # wait for the GIL. (An earlier rule, "busy for 20 ms", left the
+            # first 20 ms of every burst of calls at sleeping speed.) How
+            # long to spin is the connection's business.
+            if self._hot is me:
+                spin = True
             else:
-                spin = now - self._hot_since > 0.02
+                self._hot = me
+                spin = False
             try:
                 request = loads(data)
                 ident, name, args, kwds = request

@@ -14,6 +14,7 @@ import os
 import pickle
 import queue
 import signal
+import socket
 import threading
 import time
 
@@ -21,6 +22,7 @@ import pytest
 
 import mpx
 import mpx.managers as mm
+from mpx.backends import _stream
 from conftest import backends_for
 
 MPX_BACKENDS = backends_for("Manager")
@@ -771,3 +773,195 @@ def test_ctrl_c_interrupts_a_blocked_call(backend):
         assert p.exitcode == 0
         d = m.dict(a=1)
         assert d["a"] == 1 and not ev.is_set()
+
+
+# --- the stream transport (unix and tcp) -----------------------------------------
+
+FRAME_SIZES = [0, 1, 7, 8, 9, 100, 65535 - 8, 65535, 65536, 65537, (1 << 20) + 3]
+
+
+def stream_pair(kind):
+    """Two connected raw sockets, as the transports make them."""
+    if kind == "unix":
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        b, _ = listener.accept()
+    for s in (a, b):
+        s.settimeout(None)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return a, b
+
+
+def payload(n, seed):
+    return bytes((seed + i * 7) & 0xFF for i in range(min(n, 4096))) * (n // 4096) + \
+        bytes((seed + i * 7) & 0xFF for i in range(n % 4096))
+
+
+def run_writer(target, *args):
+    errors = []
+
+    def body():
+        try:
+            target(*args)
+        except BaseException as e:      # reported by the test
+            errors.append(e)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t, errors
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+@pytest.mark.parametrize("steady", [False, True])
+def test_stream_frames_of_every_size(kind, steady):
+    """Frames of every size around the edges travel intact both ways, back
+    to back (several in one read) and big ones through partial writes."""
+    a, b = stream_pair(kind)
+    ca, cb = _stream.Connection(a), _stream.Connection(b, steady=steady)
+    try:
+        frames = [payload(n, i) for i, n in enumerate(FRAME_SIZES)]
+        t, errors = run_writer(lambda: [ca.send(f) for f in frames])
+        got = [cb.recv() for _ in frames]
+        t.join(TIMEOUT)
+        assert not errors and [len(g) for g in got] == FRAME_SIZES
+        assert all(g == f for g, f in zip(got, frames))
+        t, errors = run_writer(lambda: [cb.send(f) for f in reversed(frames)])
+        got = [ca.recv() for _ in frames]
+        t.join(TIMEOUT)
+        assert not errors and got == frames[::-1]
+        ca.close()
+        with pytest.raises(EOFError):
+            cb.recv()
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_stream_large_frame_through_a_small_send_buffer():
+    """sendmsg writes header and payload together; a small socket buffer
+    makes it stop part way (even inside the header), and the rest follows."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ca, cb = _stream.Connection(a), _stream.Connection(b)
+    try:
+        big = payload(3 << 20, 5)
+        t, errors = run_writer(ca.send, big)
+        assert cb.recv() == big
+        t.join(TIMEOUT)
+        assert not errors
+        # A header cut short: the sender's first write gets 3 of its bytes
+        # out, then the rest.
+        calls = []
+        real = ca._sendmsg
+
+        def stingy(buffers):
+            if not calls:
+                calls.append(1)
+                return real([bytes(memoryview(buffers[0])[:3])])
+            return real(buffers)
+
+        ca._sendmsg = stingy
+        t, errors = run_writer(ca.send, big)
+        assert cb.recv() == big
+        t.join(TIMEOUT)
+        assert not errors and calls
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_stream_frame_trickling_in_byte_by_byte():
+    a, b = socket.socketpair()
+    cb = _stream.Connection(b)
+    try:
+        data = b"".join(struct_frame(payload(n, n)) for n in (0, 5, 70000, 3))
+
+        # Bytes one by one near the frame edges, the middle in bulk.
+        def send_all():
+            head, tail = data[:200], data[len(data) - 50:]
+            for i in range(len(head)):
+                a.send(head[i:i + 1])
+            a.sendall(data[200:len(data) - 50])
+            for i in range(len(tail)):
+                a.send(tail[i:i + 1])
+
+        t, errors = run_writer(send_all)
+        got = [cb.recv() for _ in range(4)]
+        t.join(TIMEOUT)
+        assert not errors
+        assert got == [payload(n, n) for n in (0, 5, 70000, 3)]
+    finally:
+        a.close()
+        cb.close()
+
+
+def struct_frame(body):
+    return _stream._HDR.pack(len(body)) + body
+
+
+def test_stream_spin_adapts(monkeypatch):
+    """A client connection spins less after each slow answer, down to not at
+    all, probes every _PROBE_EVERY waits, and spins in full again once an
+    answer comes fast; a steady (server) connection never gives up."""
+    if not _stream._CAN_SPIN:
+        pytest.skip("one CPU: connections never spin")
+    monkeypatch.setattr(_stream, "_crowded", lambda now: False)
+    slow = 0.05          # far longer than any spin
+    a, b = socket.socketpair()
+    client, steady = _stream.Connection(a), _stream.Connection(b, steady=True)
+    try:
+        def late(conn, data):
+            time.sleep(slow)
+            conn.send(data)
+
+        def slow_answer(reader, writer):
+            t, errors = run_writer(late, writer, b"x")
+            assert reader.recv() == b"x"
+            t.join(TIMEOUT)
+            assert not errors
+
+        spins = []
+        for _ in range(5):
+            slow_answer(client, steady)
+            spins.append(client._spin)
+        assert spins[0] == _stream._SPIN_MAX / 2 and spins[-1] == 0.0
+        assert all(x > y for x, y in zip(spins, spins[1:]))
+        # Sleeping now; a failed probe leaves it asleep.
+        for _ in range(_stream._PROBE_EVERY):
+            slow_answer(client, steady)
+            assert client._spin == 0.0
+        # An answer already there when the probe looks: full spin again.
+        for i in range(_stream._PROBE_EVERY):
+            steady.send(b"y")
+            assert client.recv() == b"y"
+            if client._spin:
+                break
+        assert client._spin == _stream._SPIN_MAX
+        # The steady end keeps its full spin however slow the other is.
+        for _ in range(3):
+            slow_answer(steady, client)
+        assert steady._spin == _stream._SPIN_MAX
+        # Not spinning when told not to, nor on a crowded machine (where a
+        # slow answer then costs no spin either).
+        client._spin, idle = 0.0, client._idle
+        steady.send(b"z")
+        assert client.recv(spin=False) == b"z" and client._idle == idle
+        monkeypatch.setattr(_stream, "_crowded", lambda now: True)
+        client._spin = _stream._SPIN_MAX
+        slow_answer(client, steady)
+        assert client._spin == _stream._SPIN_MAX
+    finally:
+        client.close()
+        steady.close()
+
+
+def test_large_values_through_the_manager(mpx_manager):
+    """Requests and replies above the direct-read size (sendmsg, the
+    preallocated read) both ways."""
+    d = mpx_manager.dict()
+    for n in (65536 - 100, 65536, 70000, 3 << 20):
+        value = payload(n, n & 0xFF)
+        d[n] = value
+        assert d[n] == value
+    assert len(d) == 4
