@@ -33,7 +33,7 @@ FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue",
 # name -> (one line for the table, its modules). Add a line when a backend lands.
 BACKENDS = {
     "shm": ("shared-memory ring buffer (Cython), spin-then-futex waits",
-            ("mpx.backends.shm", "mpx.backends.shm_manager")),
+            ("mpx.backends.shm", "mpx.backends.shm_manager", "mpx.backends.shm_pipe")),
     "pipe": ("OS pipes: the stdlib's objects with mpx's serializer",
              ("mpx.backends.pipe",)),
     "fifo": ("named pipes (mkfifo) that unrelated processes open by path",

@@ -3,25 +3,24 @@
 Mechanism only (the Manager itself is ``mpx.managers``). A client meets the
 server on a unix socket (created 0o600, see ``_stream.UnixListener``), and
 both prove they hold the authkey exactly as on the ``unix`` transport. The
-client then creates two rings (``mpx._ext.ring``) in anonymous memfds, one
-for requests and one for replies, and passes their descriptors to the server
-over the socket (SCM_RIGHTS). From then on every frame is one ring message:
-no system call on the fast path. A reader spins briefly (only when a core is
-free, and in the server only while a single client keeps it busy), then
-sleeps on a futex "doorbell" in the ring (see ShmConnection).
+client then creates two rings in anonymous memfds, one for requests and one
+for replies, and an eventfd "bell" for each, and passes the four
+descriptors to the server over the socket (SCM_RIGHTS). From then on every
+frame is one ring message: no system call on the fast path.
 
-The socket stays open as the liveness signal: a side that finds no message
-for ``_POLL`` seconds checks whether its peer hung up, so a client or server
-killed by SIGKILL is noticed within that time. A clean close shuts the rings
-down, which wakes the other side at once. The rings are memfds: nothing
-appears in /dev/shm, and the kernel frees them with the last descriptor.
+The rings, the bells and the socket (kept open as the liveness signal) make a
+``_ring_channel.Channel`` on each side, the mechanism the shm Pipe uses too:
+a reader spins briefly, then sleeps in epoll on its bell and the socket, so
+a message, a clean close (which shuts the rings down) and a client or server
+killed by SIGKILL (its socket hangs up) all wake the other side at once.
+The rings are memfds: nothing appears in /dev/shm, and the kernel frees
+them with the last descriptor.
 """
 
 import os
 import socket
-import time
 
-from . import _stream
+from . import _ring_channel, _stream
 
 FAMILIES = ("Manager",)
 NAME = "shm"
@@ -35,25 +34,21 @@ cleanup = _stream.unix_cleanup
 # Room for ordinary requests and replies; a larger message goes through the
 # ring's overflow extent (same memfd) instead, so this is not a size limit.
 RING_CAPACITY = 1 << 16
-# How often a waiting side checks that its peer is still there.
-_POLL = 1.0
-# Longest wait for a message spent spinning before sleeping (adapted below
-# this, and skipped when the machine has more runnable tasks than cores).
-_SPIN = 50e-6
-# The client's first bytes after authenticating, sent with the two ring
-# descriptors. Read as a frame header they announce an impossible length, so
-# a unix-socket (stream) manager refuses them at once instead of waiting.
-_RING_HELLO = b"\xff" * 7 + b"\x02"
+# The client's first bytes after authenticating, sent with the ring and
+# bell descriptors. Read as a frame header they announce an impossible
+# length, so a unix-socket (stream) manager refuses them at once instead of
+# waiting.
+_RING_HELLO = b"\xff" * 7 + b"\x03"
 _READY = b"\x02"
+# Descriptors the client sends: requests ring, replies ring, the server's
+# bell (rung for requests), the client's bell (rung for replies).
+_NFDS = 4
 
 
 def unavailable():
-    try:
-        _ring_module()
-    except ImportError as e:
-        return f"the shared-memory ring extension is not built ({e})"
-    if not hasattr(os, "memfd_create"):
-        return "needs memfd_create (Linux 3.17 or later)"
+    reason = _ring_channel.unavailable()
+    if reason:
+        return reason
     if not hasattr(socket, "send_fds"):
         return "needs socket.send_fds (Python 3.9 or later)"
     return None
@@ -63,204 +58,77 @@ def default_address():
     return None
 
 
-def _ring_module():
-    from .._ext import ring
-    return ring
-
-
-def _new_ring():
-    Ring = _ring_module().Ring
-    fd = os.memfd_create("mpx-manager", os.MFD_CLOEXEC)
-    try:
-        # A memfd has no path, but /proc/PID/fd/N reaches it: owner only.
-        os.fchmod(fd, 0o600)
-        return Ring.create(fd, RING_CAPACITY)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _attach(fd):
-    try:
-        return _ring_module().Ring.attach(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-# Aux words of each ring used for sleeping (see ShmConnection.recv).
-_SLEEPERS = 0   # readers asleep (or about to sleep) on the doorbell
-_DOORBELL = 1   # bumped by the writer after every message and at shutdown
-
-
 class ShmConnection:
-    """One end of a pair of rings, with the socket kept as a liveness signal.
-    Same interface as ``_stream.Connection``.
+    """One end of the manager's ring channel, with the interface of
+    ``_stream.Connection``: ``send(bytes)``, ``recv(spin, timeout) ->
+    bytes``, ``shutdown()``, ``close()``.
 
-    Waiting for a message: first a short adaptive spin on the ring (only
-    when the caller allows it and the machine has a core to spare), then a
-    futex sleep on a "doorbell" word of the ring, which the writer bumps and
-    wakes only when a reader announced itself in the "sleepers" word. The
-    reader announces itself *before* its last look at the ring and the writer
-    checks for sleepers *after* publishing (an atomic add, and a
-    compare-and-swap: full barriers on x86), so a message is never left
-    unnoticed by a sleeping reader. The ring's own waiting (spin, then a
-    futex on its WAIT flag) is not used: its spin yields the CPU on a crowded
-    machine, and its flag can lose a wake-up (see the ring's notes).
+    `spin` (the server asks for it only while a single client keeps it busy)
+    lets the reader spin in the ring's compiled wait, without the GIL, before
+    it sleeps; see ``_ring_channel`` for the waiting and the bell protocol.
     """
 
-    __slots__ = ("_sock", "_out", "_in", "pid", "_closed", "_empty", "_full",
-                 "_spin", "__weakref__")
+    __slots__ = ("_chan", "pid", "__weakref__")
 
-    def __init__(self, sock, out_ring, in_ring):
-        ring = _ring_module()
-        self._empty, self._full = ring.RingEmpty, ring.RingFull
-        self._sock = sock
-        self._out = out_ring
-        self._in = in_ring
-        # A connection error, not the ring's own exceptions, is what the
-        # manager expects from a transport.
-        for r in (out_ring, in_ring):
-            r.shutdown_exc = _PeerGone
-            # Waiting is done here (spin, then the doorbell), never by the
-            # ring's own spin-then-futex.
-            r.spin_max_ns = 0
-        self._spin = _SPIN
+    def __init__(self, chan):
+        self._chan = chan
         self.pid = os.getpid()
-        self._closed = False
-
-    def _peer_alive(self):
-        try:
-            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
 
     def send(self, data):
-        if self._closed:
+        chan = self._chan
+        if chan.closed:
             raise ConnectionError("the connection to the manager is closed")
-        out = self._out
-        try:
-            out.put(data, False)
-        except self._full:
-            while True:
-                try:
-                    out.put(data, timeout=_POLL)
-                    break
-                except self._full:
-                    if not self._peer_alive():
-                        raise _PeerGone("the peer closed the connection") from None
-        # The put's compare-and-swap is a full barrier, so this load cannot
-        # miss a reader that announced itself before its last look at the
-        # ring (and one that announces itself later sees the message).
-        if out.aux_load(_SLEEPERS):
-            out.aux_add(_DOORBELL, 1)
-            out.aux_wake(_DOORBELL)
+        chan.send(data)
 
     def recv(self, spin=True, timeout=None):
-        if self._closed:
+        chan = self._chan
+        if chan.closed:
             raise ConnectionError("the connection to the manager is closed")
-        ring = self._in
-        ready = ring.wait_readable      # with 0: a non-blocking look, no exception
-        bell = ring.aux_load(_DOORBELL)
-        if not ready(0):
-            if spin and self._spin:
-                # Spin here, not in the ring: its spin yields the CPU when
-                # the machine is crowded, which can cost a whole time slice
-                # per call. This one holds the GIL, so the server only asks
-                # for it while a single client keeps it busy.
-                clock = time.perf_counter
-                now = clock()
-                if not _stream._crowded(now):
-                    end = now + self._spin
-                    while not ready(0):
-                        if clock() > end:
-                            # Slow answers: spin less next time (down to not at all).
-                            self._spin = self._spin * 0.5 if self._spin > 4e-6 else 0.0
-                            break
-            if not ready(0):
-                self._sleep(ring, bell, timeout, spin)
-        msg = ring.get(False)     # readable, or shut down (raises _PeerGone)
+        try:
+            msg = chan.recv(timeout, spin)
+        except TimeoutError:
+            raise TimeoutError("no reply from the manager in time") from None
         if type(msg) is not bytes:       # tagged or multi-part: not ours
             raise _stream.ProtocolError("unexpected message layout in the ring")
         return msg
 
-    def _sleep(self, ring, bell, timeout, spin):
-        """Sleep on the doorbell until the ring is readable. `bell` was read
-        before the caller's last look at the ring."""
-        ready = ring.wait_readable
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        while True:
-            ring.aux_add(_SLEEPERS, 1)
-            try:
-                if ready(0):
-                    break
-                wait = _POLL
-                if deadline is not None:
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        raise TimeoutError("no reply from the manager in time")
-                    wait = min(wait, _POLL)
-                if not ring.aux_wait(_DOORBELL, bell, wait) and not self._peer_alive():
-                    raise EOFError("the peer closed the connection") from None
-            finally:
-                ring.aux_add(_SLEEPERS, 0xFFFFFFFF)     # -1
-            bell = ring.aux_load(_DOORBELL)
-            if ready(0):
-                break
-        if spin and time.monotonic() - start < _SPIN:
-            self._spin = _SPIN        # answers come fast again: spin
-
     def fileno(self):
-        return self._sock.fileno()
+        return self._chan.fileno()
 
     @property
     def closed(self):
-        return self._closed
+        return self._chan.closed
 
-    def _shut(self, r):
-        try:
-            r.shutdown()
-            r.aux_add(_DOORBELL, 1)
-            r.aux_wake(_DOORBELL)
-        except Exception:
-            pass
+    # The two rings (tests look at their descriptors' modes).
+    @property
+    def _in(self):
+        return self._chan._in
+
+    @property
+    def _out(self):
+        return self._chan._out
 
     def shutdown(self):
         """Wake the threads of both sides blocked on this connection."""
         if self.pid != os.getpid():
             return      # a forked child never disturbs its parent's connection
-        self._shut(self._in)
-        self._shut(self._out)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._chan.shutdown()
 
     def close(self):
-        if self._closed:
+        chan = self._chan
+        if chan.closed:
             return
-        self._closed = True
         if self.pid == os.getpid():
-            # Our side is gone: the peer's waits end now, not at its next poll.
-            self._shut(self._out)
-        for r in (self._in, self._out):
-            try:
-                r.close()
-            except Exception:
-                pass
-        try:
-            self._sock.close()
-        except OSError:
-            pass
+            # Our side is gone: the peer's waits end now (the socket would
+            # tell it too, but not while a forked child holds a copy).
+            chan.shutdown_out()
+        chan.close()
 
     def settimeout(self, timeout):
-        self._sock.settimeout(timeout)
+        pass            # every wait of a ring channel takes its own timeout
 
     def __repr__(self):
-        return f"<mpx shm connection {'closed' if self._closed else 'open'}>"
+        return f"<mpx shm connection {'closed' if self.closed else 'open'}>"
 
 
 class _PeerGone(EOFError, ConnectionError):
@@ -273,7 +141,7 @@ class Listener(_stream.UnixListener):
     def handshake(self, sock):
         try:
             _stream.server_handshake(sock, self._authkey, self.handshake_timeout)
-            head, fds, _flags, _addr = socket.recv_fds(sock, len(_RING_HELLO), 2)
+            head, fds, _flags, _addr = socket.recv_fds(sock, len(_RING_HELLO), _NFDS)
             if not fds:
                 # A client of the plain unix transport: serve it over the
                 # socket (its first bytes are the start of a frame).
@@ -283,18 +151,31 @@ class Listener(_stream.UnixListener):
                 conn = _stream.Connection(sock, max_frame=self.max_frame)
                 conn._rbuf = head
                 return conn
-            if head != _RING_HELLO or len(fds) != 2:
+            if head != _RING_HELLO or len(fds) != _NFDS:
                 for fd in fds:
                     os.close(fd)
-                raise _stream.ProtocolError("the client did not send its two rings")
+                raise _stream.ProtocolError("the client did not send its rings and bells")
+            requests_fd, replies_fd, server_bell, client_bell = fds
             try:
-                requests = _attach(fds[0])
+                for fd in (server_bell, client_bell):
+                    # Bells must be eventfds: a regular file or pipe here
+                    # would make the server block or misread.
+                    if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]":
+                        raise _stream.ProtocolError("the client's bells are not eventfds")
+                os.set_blocking(server_bell, False)
             except BaseException:
-                os.close(fds[1])
+                for fd in fds:
+                    os.close(fd)
                 raise
-            replies = _attach(fds[1])
-            sock.sendall(_READY)
-            sock.settimeout(None)
+            chan = _ring_channel.Channel.from_fds(
+                {"sock": sock, "in": requests_fd, "out": replies_fd,
+                 "in_bell": server_bell, "out_bell": client_bell}, eof_exc=_PeerGone)
+            try:
+                sock.sendall(_READY)
+                sock.settimeout(None)
+            except BaseException:
+                chan.close()
+                raise
         except BaseException:
             try:
                 sock.close()
@@ -302,15 +183,24 @@ class Listener(_stream.UnixListener):
                 pass
             raise
         # The server reads requests and writes replies.
-        return ShmConnection(sock, replies, requests)
+        return ShmConnection(chan)
 
 
 def connect(address, authkey, *, timeout=_stream.HANDSHAKE_TIMEOUT, **kwargs):
     """An authenticated connection to the manager at `address` over rings."""
     sock = _stream.unix_connect(address, authkey, timeout)
+    made = []
     try:
-        requests, replies = _new_ring(), _new_ring()
-        socket.send_fds(sock, [_RING_HELLO], [requests.fd, replies.fd])
+        requests = _ring_channel.new_ring(RING_CAPACITY, "mpx-manager")
+        made.append(requests)
+        replies = _ring_channel.new_ring(RING_CAPACITY, "mpx-manager")
+        made.append(replies)
+        server_bell = _ring_channel.new_bell()
+        made.append(server_bell)
+        client_bell = _ring_channel.new_bell()
+        made.append(client_bell)
+        socket.send_fds(sock, [_RING_HELLO], [requests.fd, replies.fd, server_bell,
+                                              client_bell])
         try:
             ready = _stream._recv_exact(sock, 1)
         except EOFError:
@@ -322,5 +212,11 @@ def connect(address, authkey, *, timeout=_stream.HANDSHAKE_TIMEOUT, **kwargs):
         sock.settimeout(None)
     except BaseException:
         sock.close()
+        for obj in made:
+            if isinstance(obj, int):
+                os.close(obj)
+            else:
+                obj.close()
         raise
-    return ShmConnection(sock, requests, replies)
+    return ShmConnection(_ring_channel.Channel(sock, replies, requests, client_bell,
+                                               server_bell, eof_exc=_PeerGone))
