@@ -92,8 +92,8 @@ import select
 import socket
 import time
 
-__all__ = ["Channel", "pair", "new_ring", "new_bell", "attach_ring", "unavailable",
-           "DEFAULT_CAPACITY", "DEFAULT_SPIN"]
+__all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
+           "unavailable", "DEFAULT_CAPACITY", "DEFAULT_SPIN"]
 
 # Ring size of a pipe direction when none is given. A 1 MiB message is
 # smaller than half of it and so streams through the ring itself, whose
@@ -372,11 +372,16 @@ class Channel:
             self._check_open()    # closed meanwhile (by another thread)
             raise
         finally:
-            if not self._closed and (self._watched or ring.aux_load(WATCHED)):
-                self._watched = True
-                if not ring.wait_readable(0):
-                    self._settle()
+            self._after_take(ring)
         return msg
+
+    def _after_take(self, ring):
+        """Once some process watches fileno(), keep the bell exact: a take
+        that emptied the ring clears it (see the module docstring)."""
+        if not self._closed and (self._watched or ring.aux_load(WATCHED)):
+            self._watched = True
+            if not ring.wait_readable(0):
+                self._settle()
 
     def recv_obj(self):
         """recv(), decoded with the in ring's compiled decoder (see codec())."""
@@ -395,10 +400,7 @@ class Channel:
             raise
         finally:
             # (Also after a message that failed to decode: it was taken.)
-            if not self._closed and (self._watched or ring.aux_load(WATCHED)):
-                self._watched = True
-                if not ring.wait_readable(0):
-                    self._settle()
+            self._after_take(ring)
         return obj
 
     def _recv_slow(self, timeout, spin):
@@ -651,15 +653,20 @@ class Channel:
             for r in (in_ring, out_ring):
                 if r is not None:
                     r.close()
-            for fd in owned.values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            close_fds(owned.values())
             raise
 
     def __repr__(self):
         return f"<mpx ring channel {'closed' if self._closed else 'open'}>"
+
+
+def close_fds(fds):
+    """Close every descriptor of `fds`, ignoring those already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def pair(duplex=True, capacity=DEFAULT_CAPACITY, **kwargs):

@@ -23,23 +23,12 @@ How a queue travels to another process
     any that is still alive, and checks the ring's random id to be sure it
     found the same queue.
 
-What a message looks like in the ring (the tag says how to read the parts)
-    TAG_PICKLE  one part: the serializer's stream
-    TAG_OOB     the stream, then pickle protocol-5 out-of-band buffers,
-                copied straight from the object into the ring and straight
-                out into the buffers the object is rebuilt on
-    TAG_BYTES   one part: a ``bytes`` object, carried without pickling
-    TAG_TEXT    one part: a custom serializer's ``str`` output, UTF-8 encoded
-    TAG_NDARRAY a plain numpy array: "dtype shape" as ASCII, then its data
-                (pickling an array costs ~10 us of global lookups; this
-                costs ~1 us, and the data is copied as with TAG_OOB)
+Messages in the ring: see ``_ring_codec`` (shared with the shm Pipe).
 """
 
 import collections
 import errno
-import functools
 import os
-import pickle
 import queue as _queue
 import stat
 import sys
@@ -47,6 +36,7 @@ import weakref
 
 from .. import _names
 from .. import _serial
+from . import _ring_codec
 from ..queues import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
@@ -63,15 +53,6 @@ SHM_DIR = "/dev/shm"
 # first used, so a queue that carries little costs little.
 DEFAULT_CAPACITY = 4 << 20
 
-TAG_PICKLE = 0
-TAG_OOB = 1
-TAG_BYTES = 2
-TAG_TEXT = 3      # a custom serializer's str output, as UTF-8
-TAG_NDARRAY = 4
-
-# A stream at least this long that came from plain dumps is tried again with
-# out-of-band buffers (it probably holds a large array or bytearray).
-_OOB_RETRY = 256 << 10
 
 _KIND_CODES = {"Queue": 1, "SimpleQueue": 2, "JoinableQueue": 3}
 _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
@@ -349,113 +330,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# Types whose objects never carry large raw buffers: they are pickled in
-# band on the fast path. Grows as put() meets new types (shared with the
-# compiled put via Ring.enc_plain, so it is mutated, never replaced).
-_plain_types = {tuple, list, dict, set, frozenset, int, float, str, bool, complex,
-                type(None)}
-_oob_types = {bytearray, memoryview, pickle.PickleBuffer}
-
-
-def _wants_oob(tp):
-    """Should an object of type `tp` go out of band (large raw buffers)?"""
-    if tp in _oob_types:
-        return True
-    if tp in _plain_types:
-        return False
-    # numpy arrays (and subclasses of the buffer types) pickle their data
-    # as a PickleBuffer under protocol 5; checking by name keeps numpy from
-    # being imported for this.
-    answer = issubclass(tp, (bytearray, memoryview, pickle.PickleBuffer)) or any(
-        c.__module__ == "numpy" and c.__name__ == "ndarray" for c in tp.__mro__)
-    if len(_plain_types) + len(_oob_types) < 2000:
-        (_oob_types if answer else _plain_types).add(tp)
-    return answer
-
-
-# numpy dtype kinds whose items are plain bytes: a copy of the data is the
-# array (not objects 'O' or numpy 2's variable-width strings 'T', whose
-# items point elsewhere).
-_RAW_DTYPE_KINDS = frozenset("biufcmMSUV")
-
-
-def _ndarray_message(obj):
-    """The TAG_NDARRAY parts of `obj`, or None when it must be pickled: only
-    a C-contiguous, non-empty array of the exact ndarray type whose dtype is
-    fully named by its ``str`` (no fields, sub-arrays or metadata), so the
-    receiver rebuilds exactly what pickle would give."""
-    dt = obj.dtype
-    if (type(obj).__name__ != "ndarray" or not obj.flags.c_contiguous or not obj.nbytes
-            or dt.kind not in _RAW_DTYPE_KINDS or dt.fields is not None
-            or dt.subdtype is not None or dt.metadata is not None):
-        return None
-    head = " ".join([dt.str] + [str(n) for n in obj.shape]).encode("ascii")
-    return [head, obj]
-
-
-def _ndarray_from(head, data):
-    import numpy
-    dtype, *shape = head.decode("ascii").split(" ")
-    # `data` is a fresh bytearray: the array is writable, as after pickle.
-    return numpy.frombuffer(data, dtype=dtype).reshape([int(n) for n in shape])
-
-
-def _encode(serializer, raw, obj):
-    """(msg, tag) for the ring: raises, touching nothing, if obj cannot be
-    serialized. `raw`: the serializer is pickle, so bytes may skip it and
-    large buffers may go out of band."""
-    tp = type(obj)
-    if raw:
-        if tp is bytes:
-            return obj, TAG_BYTES
-        if _wants_oob(tp):
-            if tp.__module__ == "numpy":
-                msg = _ndarray_message(obj)
-                if msg is not None:
-                    return msg, TAG_NDARRAY
-            stream, buffers = serializer.dumps_oob(obj)
-            if buffers:
-                return [stream] + buffers, TAG_OOB
-            return stream, TAG_PICKLE
-    data = serializer.dumps(obj)
-    if not raw and type(data) is str:
-        return data.encode("utf-8"), TAG_TEXT
-    if raw and len(data) >= _OOB_RETRY:
-        return _big(serializer, obj, data)
-    return data, TAG_PICKLE
-
-
-def _big(serializer, obj, data):
-    """A large in-band stream: a container holding big arrays or bytearrays
-    pickles again with them out of band (one copy less on each side);
-    anything else keeps the stream it has."""
-    if type(obj) in (tuple, list, dict):
-        stream, buffers = serializer.dumps_oob(obj)
-        if buffers:
-            return [stream] + buffers, TAG_OOB
-    if type(data) is str:
-        return data.encode("utf-8"), TAG_TEXT
-    return data, TAG_PICKLE
-
-
-def _decode(serializer, msg):
-    if type(msg) is bytes:
-        return serializer.loads(msg)
-    tag, parts = msg
-    if tag == TAG_OOB:
-        return serializer.loads_oob(parts[0], parts[1:])
-    if tag == TAG_BYTES:
-        return parts[0]
-    if tag == TAG_NDARRAY and len(parts) == 2:
-        return _ndarray_from(parts[0], parts[1])
-    if tag == TAG_TEXT:
-        return serializer.loads(parts[0].decode("utf-8"))
-    if tag == TAG_PICKLE and len(parts) == 1:
-        return serializer.loads(parts[0])
-    raise ValueError(f"message with unknown tag {tag} in the queue "
-                     "(written by another program or mpx version?)")
-
-
 # ------------------------------------------------------------- the queues
 
 class _RingQueue:
@@ -525,21 +399,12 @@ class _RingQueue:
         self._serializer = serializer
         self._dumps = serializer.dumps
         self._loads = serializer.loads
-        # Bytes skip pickling only where pickling would give back equal bytes;
-        # other serializers take the general path (they may return str).
-        raw = self._raw_bytes = isinstance(serializer, _serial.PickleSerializer)
-        # The compiled put/get run the common case; the hooks are plain
-        # functions of the serializer (no reference back to this object, so
-        # the queue is freed without waiting for the cycle collector).
-        ring = self._ring
-        ring.enc_plain = _plain_types if raw else frozenset()
-        ring.enc_dumps = serializer.dumps
-        ring.enc_big = functools.partial(_big, serializer)
-        ring.enc_big_size = _OOB_RETRY if raw else 0
-        ring.enc_other = functools.partial(_encode, serializer, raw)
-        ring.enc_bytes_tag = TAG_BYTES if raw else -1
-        ring.dec_loads = serializer.loads
-        ring.dec_other = functools.partial(_decode, serializer)
+        codec = _ring_codec.Codec(serializer)
+        self._raw_bytes = codec.raw
+        self._encode, self._decode = codec.encode, codec.decode
+        # The compiled put/get run the common case through these hooks.
+        for name, value in codec.ring_hooks.items():
+            setattr(self._ring, name, value)
         self._bind()
 
     def _bind(self):
@@ -577,12 +442,6 @@ class _RingQueue:
         if ring is None:
             raise ValueError(f"{self!r} is closed")
         return ring
-
-    def _encode(self, obj):
-        return _encode(self._serializer, self._raw_bytes, obj)
-
-    def _decode(self, msg):
-        return _decode(self._serializer, msg)
 
     # ------------------------------------------------------- the API
 
@@ -628,7 +487,7 @@ class _RingQueue:
         if not isinstance(items, (list, tuple)):
             items = list(items)
         encoded = None
-        if self._raw_bytes and set(map(type, items)) <= _plain_types:
+        if self._raw_bytes and set(map(type, items)) <= _ring_codec.plain_types:
             # Plain objects only (the common case): one tight loop, and the
             # special cases only if some stream turns out large.
             encoded = []
@@ -636,13 +495,13 @@ class _RingQueue:
             dumps = self._dumps
             for obj in items:
                 append(dumps(obj))
-            if encoded and max(map(len, encoded)) >= _OOB_RETRY:
+            if encoded and max(map(len, encoded)) >= _ring_codec.OOB_RETRY:
                 encoded = None
         if encoded is None:
             encoded = []
             for obj in items:
                 msg, tag = self._encode(obj)
-                encoded.append(msg if tag == TAG_PICKLE else (tag, msg))
+                encoded.append(msg if tag == _ring_codec.TAG_PICKLE else (tag, msg))
         n = ring.put_many(encoded, block, timeout)
         if n < len(encoded):
             err = ShutDown() if ring.is_shutdown else _queue.Full()

@@ -26,55 +26,20 @@ descriptors go through ``multiprocessing.reduction.DupFd`` (inherited by a
 child being started, or fetched from the sender's resource sharer later).
 The rings live in memfds: nothing appears in /dev/shm.
 
-What a message is in the ring (the ring's tag says how to read it)
-    TAG_RAW    one part: send_bytes' bytes, or the serializer's stream (the
-               stdlib cannot tell the two apart either)
-    TAG_OOB    the stream, then pickle protocol-5 out-of-band buffers (large
-               arrays and bytearrays), each copied once each way
-    TAG_BYTES  one part: a ``bytes`` object given to send(), not pickled
-    TAG_TEXT   one part: a custom serializer's ``str`` output, as UTF-8
+Messages in the ring: see ``_ring_codec`` (shared with the shm queues);
+``send_bytes`` data travels as TAG_PICKLE, as the stdlib cannot tell the
+two apart either.
 """
 
-import functools
-import os
-import pickle
 from multiprocessing import reduction
 
-from . import _ring_channel
+from . import _ring_channel, _ring_codec
+from ._ring_codec import TAG_PICKLE, TAG_TEXT
 from .. import _serial
 
 __all__ = ["FAMILIES", "Pipe", "Connection", "unavailable"]
 
 FAMILIES = ("Pipe",)
-
-TAG_RAW = 0
-TAG_OOB = 1
-TAG_BYTES = 2
-TAG_TEXT = 3
-
-# A container whose stream is at least this long is pickled again with
-# out-of-band buffers (it probably holds large arrays: a copy less each side).
-_OOB_RETRY = 256 << 10
-
-# type -> does it pickle its data as out-of-band buffers (arrays, bytearrays)?
-_oob_types = {bytearray: True, memoryview: True, pickle.PickleBuffer: True}
-
-
-# Types that never carry large raw buffers.
-_plain = frozenset((tuple, list, dict, set, frozenset, int, float, str, bool, complex,
-                    type(None)))
-
-
-def _wants_oob(tp):
-    answer = _oob_types.get(tp)
-    if answer is None:
-        # numpy arrays (and subclasses of the buffer types); by name, so that
-        # numpy is never imported for this.
-        answer = issubclass(tp, (bytearray, memoryview, pickle.PickleBuffer)) or any(
-            c.__module__ == "numpy" and c.__name__ == "ndarray" for c in tp.__mro__)
-        if len(_oob_types) < 1000:
-            _oob_types[tp] = answer
-    return answer
 
 
 def unavailable():
@@ -86,55 +51,6 @@ def _buffer_too_short(data):
     return BufferTooShort(data)
 
 
-def _encode(serializer, raw, obj):
-    """(msg, tag) for the ring. Raises, sending nothing, if `obj` cannot be
-    serialized. `raw`: the serializer is pickle, so bytes may skip it and
-    large buffers may go out of band."""
-    if raw:
-        tp = type(obj)
-        if tp is bytes:
-            return obj, TAG_BYTES
-        if tp not in _plain and _wants_oob(tp):
-            stream, buffers = serializer.dumps_oob(obj)
-            return ([stream] + buffers, TAG_OOB) if buffers else (stream, TAG_RAW)
-    data = serializer.dumps(obj)
-    if type(data) is str:
-        return data.encode("utf-8"), TAG_TEXT
-    if raw and len(data) >= _OOB_RETRY:
-        return _big(serializer, obj, data)
-    return data, TAG_RAW
-
-
-def _big(serializer, obj, data):
-    """A long in-band stream: a container of large arrays pickles again with
-    them out of band; anything else keeps the stream it has."""
-    if type(obj) in (tuple, list, dict):
-        stream, buffers = serializer.dumps_oob(obj)
-        if buffers:
-            return [stream] + buffers, TAG_OOB
-    return data, TAG_RAW
-
-
-def _decode(serializer, msg):
-    if type(msg) is bytes:
-        return serializer.loads(msg)
-    tag, parts = msg
-    if tag == TAG_BYTES and len(parts) == 1:
-        return parts[0]
-    if tag == TAG_OOB and parts:
-        return serializer.loads_oob(parts[0], parts[1:])
-    if tag == TAG_TEXT and len(parts) == 1:
-        return serializer.loads(parts[0].decode("utf-8"))
-    if tag == TAG_RAW and len(parts) == 1:
-        return serializer.loads(parts[0])
-    raise OSError(f"unexpected message (tag {tag}) in the pipe")
-
-
-# Plain types go through the ring's compiled put_obj with the serializer's
-# dumps directly (a set shared with the rings: grown, never replaced).
-_plain_types = set(_plain)
-
-
 class Connection:
     """One end of an shm Pipe (``multiprocessing.connection.Connection`` API)."""
 
@@ -143,20 +59,8 @@ class Connection:
         self._readable = readable
         self._writable = writable
         self._serializer = serializer
-        # Shortcuts (bytes unpickled, large buffers out of band) only where
-        # they give what the serializer would: plain pickle.
-        raw = isinstance(serializer, _serial.PickleSerializer)
-        chan.codec(
-            functools.partial(_encode, serializer, raw),
-            functools.partial(_decode, serializer),
-            enc_plain=_plain_types if raw else frozenset(),
-            enc_dumps=serializer.dumps,
-            enc_big=functools.partial(_big, serializer),
-            enc_big_size=_OOB_RETRY if raw else 0,
-            enc_other=functools.partial(_encode, serializer, raw),
-            enc_bytes_tag=TAG_BYTES if raw else -1,
-            dec_loads=serializer.loads,
-            dec_other=functools.partial(_decode, serializer))
+        codec = _ring_codec.Codec(serializer)
+        chan.codec(codec.encode, codec.decode, **codec.ring_hooks)
         self._bind()
 
     def _bind(self):
@@ -194,17 +98,13 @@ class Connection:
         return chan
 
     def _reader(self):
-        chan = self._chan
-        if chan is None:
-            raise OSError("handle is closed")
+        chan = self._live()
         if not self._readable:
             raise OSError("connection is write-only")
         return chan
 
     def _writer(self):
-        chan = self._chan
-        if chan is None:
-            raise OSError("handle is closed")
+        chan = self._live()
         if not self._writable:
             raise OSError("connection is read-only")
         return chan
@@ -260,7 +160,7 @@ class Connection:
             raise ValueError("buffer length < offset + size")
         if offset or size != n:
             m = m[offset:offset + size]
-        chan.send(m, TAG_RAW)
+        chan.send(m, TAG_PICKLE)
 
     def send(self, obj):
         """Send a serialized object. It is serialized here first: one that
@@ -277,10 +177,10 @@ class Connection:
         if type(msg) is bytes:
             return msg
         tag, parts = msg
-        if tag in (TAG_RAW, TAG_TEXT) and len(parts) == 1:
+        if tag in (TAG_PICKLE, TAG_TEXT) and len(parts) == 1:
             return parts[0]
         # An object sent with send(): what the serializer makes of it in band.
-        return self._serializer.dumps(_decode(self._serializer, msg))
+        return self._serializer.dumps(self._chan.decode(msg))
 
     def recv(self):
         """Receive a serialized object; EOFError once the other end is closed
@@ -350,11 +250,7 @@ def _rebuild(fds, readable, writable, serializer, spin):
         for k, dup in fds.items():
             owned[k] = dup.detach()
     except BaseException:
-        for fd in owned.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _ring_channel.close_fds(owned.values())
         raise
     chan = _ring_channel.Channel.from_fds(owned, eof_exc=EOFError, spin=spin)
     return Connection(chan, readable, writable, serializer)
