@@ -110,8 +110,8 @@ DEFAULT_SPIN = 50e-6
 # epoll sleep on its bell. The futex is woken by the writer's publish itself
 # (no bell to arm and ring); without the nap, a ping-pong whose answers came
 # just after the spin went through the bell every time (~56 us a round trip
-# instead of ~6 us, in some runs). A nap costs no CPU; a hang-up is still
-# seen within it.
+# instead of ~6 us, in some runs). A nap costs no CPU; a hang-up of the
+# peer is noticed at most that much later.
 _NAP = 1e-3
 
 # While a writer waits for room, how often it checks that its reader lives.
