@@ -300,6 +300,63 @@ def test_wait_loop_against_a_bursty_writer_never_misses_or_spins(spin):
         c.close()
 
 
+def test_bell_taken_back_by_a_late_writer_is_re_armed_for_wait():
+    # The interleaving a reviewer found, done by hand: the reader takes a
+    # message before its writer looks at the arm word; the writer then
+    # rings, finds the ring empty and takes the ring back. The arm must be
+    # restored, or the next send never rings and wait() sleeps over it.
+    from mpx.backends import _ring_channel as rc
+
+    r, w = mpx.get_context("fork").Pipe(duplex=False, backend="shm")
+    try:
+        r.fileno()                              # watched: the bell mirrors the ring
+        w._chan._out.put_obj(1, False)          # send() without its bell step
+        assert r.recv() == 1                    # taken before the writer looks
+        assert w._chan._out.aux_load(rc.ARMED) == rc.ARMED_
+        w._chan._ring_bell()                    # the writer's late bell step
+        assert mpc.wait([r], timeout=0.05) == []
+        w.send(2)
+        assert mpc.wait([r], timeout=5) == [r]
+        assert r.recv() == 2
+    finally:
+        r.close()
+        w.close()
+
+
+def test_a_forked_child_closing_its_copy_does_not_ring_the_parents_bell():
+    # A child forked while a parent thread slept in recv() inherits the
+    # count of sleepers; its close() must not take them for its own.
+    a, b = mpx.get_context("fork").Pipe(backend="shm")
+    try:
+        b.fileno()
+        got = []
+        t = threading.Thread(target=lambda: got.append(b.recv()), daemon=True)
+        t.start()
+        time.sleep(0.3)                         # asleep in recv()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.read(go_r, 1)                # until the parent's thread left
+                b.close()
+            finally:
+                os._exit(0)
+        try:
+            a.send("x")
+            t.join(10)
+            assert got == ["x"]
+        finally:
+            os.write(go_w, b"1")
+            os.waitpid(pid, 0)
+            os.close(go_r)
+            os.close(go_w)
+        assert mpc.wait([b], timeout=0.2) == []  # nothing there, nothing rung
+        assert not b.poll(0)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_mpx_wait_mixes_shm_stdlib_sockets_and_sentinels():
     ctx = mpx.get_context("fork")
     a, b = shm_pipe(ctx)

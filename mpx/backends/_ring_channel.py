@@ -36,12 +36,15 @@ The bell protocol (aux word ARMED of each ring; values IDLE, ARMED, RUNG)
     Writer, after publishing a message (the ring's publish is a locked
     compare-and-swap, a full barrier)::
 
-        if ARMED == 1 and cas(ARMED, 1 -> 2):        # one writer per arming
+        while ARMED == 1 and cas(ARMED, 1 -> 2):     # one writer per arming
             write(bell, 1)
-            if the ring is empty:                     # the reader was quicker
-                n = read(bell)                        # take back our ring...
-                if n and the ring is readable:        # ...unless a message came
-                    write(bell, 1)                    # since: then keep it rung
+            if the ring is readable: stop             # rung over a message
+            if not read(bell): stop                   # the reader cleared it
+            # the reader was quicker: we took our ring back; re-arm for
+            # it (a wait() user never re-arms by itself) and look again,
+            # since a writer that published meanwhile saw 2 and did not ring
+            cas(ARMED, 2 -> 1)
+            if the ring is empty: stop
 
     Reader, before sleeping (and whenever it wants the bell to reflect the
     ring, see "readiness" below)::
@@ -60,8 +63,11 @@ The bell protocol (aux word ARMED of each ring; values IDLE, ARMED, RUNG)
     reader, or a writer taking back a late ring) re-checks the ring after
     clearing and rings again if it is readable, so a cleared ring never
     hides a message from another sleeper. A writer stuck or killed between
-    its compare-and-swap and its write can only delay or lose one ring; a
-    sleeper killed in its sleep costs nothing.
+    its compare-and-swap and its write leaves the word at 2 with no ring:
+    a sleeping reader finds the message at its next slice (1 s), a wait()
+    user once its reader next takes a message or the writer's socket hangs
+    up (the usual end of a killed writer); a sleeper killed in its sleep
+    costs nothing.
 
 Readiness (``fileno()``)
     ``fileno()`` is an epoll descriptor holding the bell and the socket: it
@@ -80,7 +86,9 @@ EOF
     ring once more (everything the peer put before closing is visible by
     then) and only then reports EOF. A writer learns that its reader is gone
     when the ring is full and the socket hung up (BrokenPipeError); until
-    then, as with a socket's buffer, sends succeed. Closing an end never
+    then sends succeed (unlike an OS pipe or socket, which fail at once:
+    looking at the socket on every send would cost a system call on the
+    fast path). Closing an end never
     shuts the rings down (other copies of it may live on in other
     processes); ``shutdown_out()`` does, for a transport that knows it is
     the only user (the manager).
@@ -351,14 +359,20 @@ class Channel:
 
     def _ring_bell(self):
         out, bell = self._out, self._out_bell
-        if not out.aux_cas(ARMED, ARMED_, RUNG):
-            return                # another writer rings for this arming
-        _ring_the_bell(bell)
-        if not out.wait_readable(0) and _clear(bell) and out.wait_readable(0):
-            # The reader took the message before our ring landed: take it
-            # back (a rung bell over an empty ring would make wait() report
-            # a message that is not there), unless a message came since.
+        # Each turn: this writer won the arming (ARMED -> RUNG) and rings.
+        while out.aux_cas(ARMED, ARMED_, RUNG):
             _ring_the_bell(bell)
+            if out.wait_readable(0) or not _clear(bell):
+                return    # rung over a message, or the reader cleared it (and re-armed)
+            # The reader took the message before our ring landed, and we
+            # took the ring back (a rung bell over an empty ring would make
+            # wait() report a message that is not there). The reader is
+            # still waiting and a wait() user never re-arms by itself:
+            # re-arm for it, then look again, since a writer that published
+            # while the word said RUNG did not ring.
+            out.aux_cas(ARMED, RUNG, ARMED_)
+            if not out.wait_readable(0):
+                return
 
     # ------------------------------------------------------------ receiving
 
@@ -386,10 +400,16 @@ class Channel:
     def _after_take(self, ring):
         """Once some process watches fileno(), keep the bell exact: a take
         that emptied the ring clears it (see the module docstring)."""
-        if not self._closed and (self._watched or ring.aux_load(WATCHED)):
-            self._watched = True
-            if not ring.wait_readable(0):
-                self._settle()
+        try:
+            if not self._closed and (self._watched or ring.aux_load(WATCHED)):
+                self._watched = True
+                if not ring.wait_readable(0):
+                    self._settle()
+        except (ValueError, OSError):
+            if not self._closed:
+                raise
+            # Closed by another thread meanwhile: there is no bell to keep,
+            # and the message taken (or the error) must not be lost to this.
 
     def recv_obj(self):
         """recv(), decoded with the in ring's compiled decoder (see codec())."""
@@ -408,8 +428,12 @@ class Channel:
             raise
         finally:
             # (Also after a message that failed to decode: it was taken.)
-            # The test is _after_take's own, inlined: this is the hot path.
-            if not self._closed and (self._watched or ring.aux_load(WATCHED)):
+            # The first test of _after_take, inlined: this is the hot path.
+            try:
+                watched = self._watched or ring.aux_load(WATCHED)
+            except ValueError:          # closed by another thread meanwhile
+                watched = False
+            if watched:
                 self._after_take(ring)
         return obj
 
@@ -431,12 +455,16 @@ class Channel:
         """True if a message (or EOF) is waiting, waiting up to `timeout`
         seconds (None: for ever)."""
         self._check_open()
-        if self._in.wait_readable(0):
-            return True
-        if timeout is not None and timeout <= 0:
-            return not self.peer_alive()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return self._wait(deadline, True, False)
+        try:
+            if self._in.wait_readable(0):
+                return True
+            if timeout is not None and timeout <= 0:
+                return not self.peer_alive()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            return self._wait(deadline, True, False)
+        except (ValueError, AttributeError):
+            self._check_open()    # closed meanwhile (by another thread)
+            raise
 
     def _wait(self, deadline, spin, consuming):
         """True once the ring is readable or the peer hung up, False when
@@ -470,6 +498,7 @@ class Channel:
         return self._sleep(deadline, consuming)
 
     def _sleep(self, deadline, consuming):
+        self._check_open()        # before _poller() registers any descriptor
         ring, bell = self._in, self._in_bell
         ep = self._poller()
         sockfd = self._sockfd
@@ -533,6 +562,9 @@ class Channel:
         if self._ep is None or self._ep_pid != os.getpid():
             if self._ep is not None:
                 self._ep.close()      # the parent's instance: ours is a copy
+            # Sleepers are counted per process: the parent's sleeping
+            # threads do not exist in a forked child.
+            self._sleepers = 0
             ep = select.epoll(2)
             try:
                 ep.register(self._in_bell, select.EPOLLIN)
@@ -602,7 +634,7 @@ class Channel:
                 except Exception:
                     pass
         bells = [fd for fd in (self._in_bell, self._out_bell) if fd is not None]
-        if self._sleepers and self._in_bell is not None:
+        if self._sleepers and self._ep_pid == os.getpid() and self._in_bell is not None:
             # Threads of ours asleep on this end: wake them to notice, and
             # leave the bell and the epoll for the last of them to close
             # (closed now, their numbers could be reused under them).

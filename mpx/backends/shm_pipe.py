@@ -8,8 +8,8 @@ stdlib's:
 
 - ``recv`` raises EOFError once every copy of the other end is closed (or
   its process died) and what it sent has been read; ``send`` to an end
-  whose reader is gone succeeds while the ring has room, like a write into
-  a socket buffer, then raises BrokenPipeError;
+  whose reader is gone succeeds while the ring has room, then raises
+  BrokenPipeError (an OS pipe raises at once);
 - ``duplex=False`` gives ``(reader, writer)``; the wrong direction raises
   OSError; a closed end raises OSError;
 - ``send_bytes(buf, offset, size)`` out of range raises ValueError;
