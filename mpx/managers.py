@@ -178,6 +178,19 @@ _exit_hook_pid = None
 _generation = [0]    # bumped in a forked child: proxies re-look-up their peer
 
 
+def _count_down(counts, key):
+    """Take one from counts[key] (dropping the key at zero): False, changing
+    nothing, when there was none to take."""
+    n = counts.get(key, 0)
+    if not n:
+        return False
+    if n == 1:
+        del counts[key]
+    else:
+        counts[key] = n - 1
+    return True
+
+
 class _Peer:
     """This process's link to one manager server.
 
@@ -277,13 +290,7 @@ class _Peer:
         handles, pending = self.handles, self.pending
         count = handles.get(ident, 0)
         if kind == "acquire":          # a proxy now owns one count
-            p = pending.get(ident, 0)
-            if p:
-                if p == 1:
-                    del pending[ident]
-                else:
-                    pending[ident] = p - 1
-            else:
+            if not _count_down(pending, ident):
                 handles[ident] = count + 1
                 if count == 0:
                     out.append(("incref", ident, None))
@@ -874,12 +881,7 @@ class Server:
                     refs[ident] = refs.get(ident, 0) + 1
             elif kind == "decref":
                 # A session can only give back references it holds.
-                held = refs.get(ident, 0)
-                if held:
-                    if held == 1:
-                        del refs[ident]
-                    else:
-                        refs[ident] = held - 1
+                if _count_down(refs, ident):
                     self._release_locked(ident, 1, dead)
             elif kind == "claim":
                 t = transits.pop(tid, None)

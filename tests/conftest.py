@@ -6,6 +6,7 @@
   ``pytest.mark.parametrize``; `MPX_TEST_BACKENDS=a,b` narrows them.
 - `join_all(procs)`: join children with a bound, kill any that hung, and
   fail unless every one exited 0.
+- `wait_for(predicate)`: poll a condition until it holds or time runs out.
 - Every test is bounded (pytest-timeout, set in pytest.ini) and faulthandler
   dumps the stacks of a hung test.
 - `no_leaks` (autouse) fails a test that leaves files in /dev/shm or
@@ -54,6 +55,16 @@ def join_all(procs, timeout=60):
         p.join(5)
     assert not hung, f"{len(hung)} child process(es) hung"
     assert [p.exitcode for p in procs] == [0] * len(procs), [p.exitcode for p in procs]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    """True as soon as `predicate()` is; its last value after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 @pytest.fixture(params=START_METHODS)

@@ -23,20 +23,12 @@ import pytest
 import mpx
 import mpx.managers as mm
 from mpx.backends import _stream
-from conftest import backends_for
+from conftest import backends_for, wait_for
 
 MPX_BACKENDS = backends_for("Manager")
 IMPLS = ["stdlib"] + MPX_BACKENDS
 TIMEOUT = 30
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def start_manager(ctx, impl, cls=None, **kw):

@@ -7,12 +7,11 @@ descriptors, connections and objects it had before. ``--soak`` runs longer,
 under every start method.
 """
 
-import time
 
 import pytest
 
 import mpx
-from conftest import backends_for
+from conftest import backends_for, wait_for
 
 TIMEOUT = 60
 
@@ -38,14 +37,6 @@ def hammer(lock, counter, d, lst, q, ev, n, out):
     except BaseException as e:
         out.put(("error", f"{me}: {e!r}"))
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def run_load(ctx, backend, clients, calls, timeout=TIMEOUT):

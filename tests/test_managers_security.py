@@ -18,7 +18,7 @@ import mpx
 import mpx.managers as mm
 from mpx.backends import _stream
 from multiprocessing import AuthenticationError
-from conftest import backends_for
+from conftest import backends_for, wait_for
 
 SOCKET_BACKENDS = [b for b in backends_for("Manager") if b in ("unix", "tcp")]
 TIMEOUT = 30
@@ -167,14 +167,6 @@ def test_fuzz_junk_closes_only_that_connection(backend):
         assert_still_serving(m, d)
         assert wait_for(lambda: m._server_info()["connections"] <= base["connections"])
 
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def authenticated_socket(backend, m):
