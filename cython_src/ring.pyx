@@ -59,6 +59,8 @@ from ring cimport (pthread_mutex_t, pthread_mutexattr_t, pthread_mutexattr_init,
 
 import os
 
+include "compact.pxi"
+
 cdef extern from *:
     """
     #include <errno.h>
@@ -415,6 +417,9 @@ cdef class _Parts:
         return 0
 
 
+cdef class Ring     # (defined below; _Batch.fill encodes with one)
+
+
 cdef class _Batch:
     """Buffers of the messages of one put_many, in C arrays (no Python object
     per message), released however put_many ends."""
@@ -434,7 +439,10 @@ cdef class _Batch:
         PyMem_Free(self.nparts)
         PyMem_Free(self.tags)
 
-    cdef int fill(self, object items) except -1:
+    cdef int fill(self, object items, Ring encoder=None) except -1:
+        """Take the messages of `items`: (tag, msg) pairs or bytes-like
+        objects, or with `encoder`, objects its enc_* hooks turn into
+        messages."""
         cdef list msgs = []
         cdef Py_ssize_t total = 0, i, k, m
         cdef int tag
@@ -447,7 +455,9 @@ cdef class _Batch:
             raise MemoryError()
         for i in range(m):
             item = items[i]
-            if type(item) is tuple:
+            if encoder is not None:
+                msg = encoder._encode_obj(item, &tag)
+            elif type(item) is tuple:
                 if len(item) != 2:
                     raise ValueError("a put_many item is a bytes-like object or a "
                                      "(tag, message) pair")
@@ -520,6 +530,8 @@ cdef class Ring:
     cdef public Py_ssize_t enc_big_size
     cdef public object enc_other    # obj -> (msg, tag) for every other object
     cdef public int enc_bytes_tag   # bytes objects travel as themselves with this tag (-1: no)
+    cdef public int enc_compact_tag # objects with a compact encoding travel so with this tag (-1: no)
+    cdef public int dec_compact_tag # single-part messages with this tag are compact encodings
     cdef public object dec_loads    # bytes -> obj, for single-part tag-0 messages
     cdef public object dec_other    # message -> obj, for every other message
     cdef int busy                   # calls of this process inside the ring now
@@ -535,6 +547,8 @@ cdef class Ring:
         self.spin_ns = self.spin_max_ns
         self.enc_plain = frozenset()
         self.enc_bytes_tag = -1
+        self.enc_compact_tag = -1
+        self.dec_compact_tag = -1
         self.enc_big_size = PY_SSIZE_T_MAX
 
     def __dealloc__(self):
@@ -1476,32 +1490,73 @@ cdef class Ring:
     def put_obj(self, obj, block=True, timeout=None):
         """Turn `obj` into a message with the enc_* hooks and put it (the
         arguments and errors of put())."""
-        cdef object tp = type(obj)
-        cdef object data, msg
         cdef int tag = 0
         self._enter()
         try:
-            if tp is bytes and self.enc_bytes_tag >= 0:
-                msg = obj
-                tag = self.enc_bytes_tag
-            elif tp in self.enc_plain:
-                msg = self.enc_dumps(obj)
-                if type(msg) is not bytes or len(<bytes>msg) >= self.enc_big_size:
-                    msg, tag = self.enc_big(obj, msg)
-            else:
-                msg, tag = self.enc_other(obj)
+            msg = self._encode_obj(obj, &tag)
             self._put_msg(msg, tag, block, timeout)
         finally:
             self._leave()
+
+    cdef object _encode_obj(self, object obj, int* tag):
+        """The message for `obj` (its tag in `tag`), by the enc_* hooks."""
+        cdef object tp = type(obj)
+        cdef object msg
+        cdef int t
+        if tp is bytes and self.enc_bytes_tag >= 0:
+            tag[0] = self.enc_bytes_tag
+            return obj
+        if self.enc_compact_tag >= 0 and (tp is tuple or tp is int or tp is str or tp is float
+                                          or tp is list or tp is dict or obj is None
+                                          or tp is bool):
+            msg = compact_dumps(obj)
+            if msg is not None:
+                tag[0] = self.enc_compact_tag
+                return msg
+        if tp in self.enc_plain:
+            msg = self.enc_dumps(obj)
+            if type(msg) is bytes and len(<bytes>msg) < self.enc_big_size:
+                tag[0] = 0
+                return msg
+            msg, t = self.enc_big(obj, msg)
+        else:
+            msg, t = self.enc_other(obj)
+        tag[0] = t
+        return msg
 
     def get_obj(self, block=True, timeout=None):
         """Take a message and turn it back into an object with the dec_*
         hooks (the arguments and errors of get())."""
         cdef list out = self._get(1, block, timeout)
-        cdef object msg = out[0]
+        return self._decode_msg(out[0])
+
+    cdef object _decode_msg(self, object msg):
+        cdef list parts
         if type(msg) is bytes:
             return self.dec_loads(msg)
+        if (<tuple>msg)[0] == self.dec_compact_tag:
+            parts = (<tuple>msg)[1]
+            if len(parts) == 1:
+                return compact_loads(parts[0])
         return self.dec_other(msg)
+
+    def decode_into(self, msgs, list out):
+        """Append to `out` the object of each message of `msgs` (as get_many
+        gives them), by the dec_* hooks. If one fails to decode, its error is
+        raised and `out` holds the objects of the messages before it."""
+        for msg in msgs:
+            out.append(self._decode_msg(msg))
+
+    def put_many_obj(self, objs, bint block=True, timeout=None):
+        """put_many() of objects, each turned into a message as by put_obj().
+        All are encoded first: one that cannot be raises and nothing is put."""
+        cdef _Batch batch = _Batch()
+        self._enter()
+        try:
+            batch.fill(objs, self)
+            return self._put_batch(batch, to_deadline(block, timeout), block)
+        finally:
+            self._leave()
 
     def put_many(self, items, bint block=True, timeout=None):
         """Put several messages with as few lock rounds and wake-ups as room

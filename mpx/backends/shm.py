@@ -397,11 +397,8 @@ class _RingQueue:
 
     def _set_serializer(self, serializer):
         self._serializer = serializer
-        self._dumps = serializer.dumps
-        self._loads = serializer.loads
         codec = _ring_codec.Codec(serializer)
-        self._raw_bytes = codec.raw
-        self._encode, self._decode = codec.encode, codec.decode
+        self._decode = codec.decode
         # The compiled put/get run the common case through these hooks.
         for name, value in codec.ring_hooks.items():
             setattr(self._ring, name, value)
@@ -486,24 +483,8 @@ class _RingQueue:
         ring = self._live_ring()
         if not isinstance(items, (list, tuple)):
             items = list(items)
-        encoded = None
-        if self._raw_bytes and set(map(type, items)) <= _ring_codec.plain_types:
-            # Plain objects only (the common case): one tight loop, and the
-            # special cases only if some stream turns out large.
-            encoded = []
-            append = encoded.append
-            dumps = self._dumps
-            for obj in items:
-                append(dumps(obj))
-            if encoded and max(map(len, encoded)) >= _ring_codec.OOB_RETRY:
-                encoded = None
-        if encoded is None:
-            encoded = []
-            for obj in items:
-                msg, tag = self._encode(obj)
-                encoded.append(msg if tag == _ring_codec.TAG_PICKLE else (tag, msg))
-        n = ring.put_many(encoded, block, timeout)
-        if n < len(encoded):
+        n = ring.put_many_obj(items, block, timeout)
+        if n < len(items):
             err = ShutDown() if ring.is_shutdown else _queue.Full()
             err.put_count = n
             raise err
@@ -520,15 +501,8 @@ class _RingQueue:
             return out
         msgs = ring.get_many(max_items, block, timeout)
         out = []
-        append = out.append
         try:
-            if self._raw_bytes:
-                loads = self._loads
-                for msg in msgs:
-                    append(loads(msg) if type(msg) is bytes else self._decode(msg))
-            else:
-                for msg in msgs:
-                    append(self._decode(msg))
+            ring.decode_into(msgs, out)
         except BaseException:
             # Like get(), the bad item is consumed and its error raised;
             # nothing else is lost: the items before and after it are
