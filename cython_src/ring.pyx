@@ -148,6 +148,12 @@ class RingError(ValueError):
     """A file is not a usable mpx ring (foreign, other version, damaged)."""
 
 
+class RingClosed(OSError, ValueError):
+    """A call on a closed ring. An OSError, as a stdlib Connection raises for
+    a closed handle (the shm Pipe's send/recv are this ring's methods), and a
+    ValueError, as closed files raise."""
+
+
 class RingEmpty(Exception):
     """Default exception of get() when nothing arrives in time."""
 
@@ -534,6 +540,15 @@ cdef class Ring:
     cdef public int dec_compact_tag # single-part messages with this tag are compact encodings
     cdef public object dec_loads    # bytes -> obj, for single-part tag-0 messages
     cdef public object dec_other    # message -> obj, for every other message
+    # Channel hooks, for send_obj/recv_obj (set by _ring_channel.py):
+    cdef public int bell_aux        # after a send: aux word to look at (-1: none)...
+    cdef public uint32_t bell_value # ...and if it holds this, call on_bell()
+    cdef public object on_bell
+    cdef public int watch_aux       # after a take: if this aux word is set (-1: none),
+    cdef public object on_take      # call on_take()
+    cdef public object on_full      # send_obj found the ring full: on_full(msg, tag) puts it
+    cdef public object on_empty     # recv_obj waited recv_wait seconds: on_empty() -> object
+    cdef public object recv_wait
     cdef int busy                   # calls of this process inside the ring now
     cdef bint closing               # close() was called while calls were inside
 
@@ -549,6 +564,9 @@ cdef class Ring:
         self.enc_bytes_tag = -1
         self.enc_compact_tag = -1
         self.dec_compact_tag = -1
+        self.bell_aux = -1
+        self.watch_aux = -1
+        self.recv_wait = 0.0
         self.enc_big_size = PY_SSIZE_T_MAX
 
     def __dealloc__(self):
@@ -705,7 +723,7 @@ cdef class Ring:
 
     cdef int _check(self) except -1:
         if self.hdr == NULL or self.closing:
-            raise ValueError("the ring is closed")
+            raise RingClosed("the ring is closed")
         return 0
 
     # Calls that may release the GIL count themselves in `busy`, so that
@@ -713,7 +731,7 @@ cdef class Ring:
     # the last call to leave unmaps instead.
     cdef inline int _enter(self) except -1:
         if self.hdr == NULL or self.closing:
-            raise ValueError("the ring is closed")
+            raise RingClosed("the ring is closed")
         self.busy += 1
         return 0
 
@@ -1464,28 +1482,30 @@ cdef class Ring:
             self._leave()
 
     cdef int _put_msg(self, object msg, int tag, bint block, object timeout) except -1:
+        cdef int r = self._try_put(msg, tag, block, timeout)
+        if r == 1:
+            return 0
+        if r == 0:
+            raise self.full_exc()
+        raise self.shutdown_exc()
+
+    cdef int _try_put(self, object msg, int tag, bint block, object timeout) except -2:
+        """Put one message: 1 put, 0 no room in time, -1 shut down."""
         cdef Py_buffer buf
-        cdef int r
-        cdef int64_t deadline
         cdef _Parts parts
+        cdef int64_t deadline
         if tag:
             check_tag(tag)
         deadline = to_deadline(block, timeout)
         if type(msg) is bytes:
             PyObject_GetBuffer(msg, &buf, PyBUF_SIMPLE)
             try:
-                r = self._put_bufs(&buf, 1, tag, deadline, block)
+                return self._put_bufs(&buf, 1, tag, deadline, block)
             finally:
                 PyBuffer_Release(&buf)
-        else:
-            parts = _Parts()
-            parts.fill(msg)
-            r = self._put_bufs(parts.bufs, parts.n, tag, deadline, block)
-        if r == 1:
-            return 0
-        if r == 0:
-            raise self.full_exc()
-        raise self.shutdown_exc()
+        parts = _Parts()
+        parts.fill(msg)
+        return self._put_bufs(parts.bufs, parts.n, tag, deadline, block)
 
     def put_obj(self, obj, block=True, timeout=None):
         """Turn `obj` into a message with the enc_* hooks and put it (the
@@ -1546,6 +1566,50 @@ cdef class Ring:
         raised and `out` holds the objects of the messages before it."""
         for msg in msgs:
             out.append(self._decode_msg(msg))
+
+    # ------------------------------------------------- channel send/recv
+
+    def send_obj(self, obj):
+        """A channel's send: put_obj(obj) without waiting, then the bell
+        check (if aux word bell_aux holds bell_value, call on_bell()). A
+        full ring hands the message to on_full(msg, tag), which waits for
+        room its own way (and rings the bell itself)."""
+        cdef int tag = 0, r
+        cdef bint bell
+        self._enter()
+        try:
+            msg = self._encode_obj(obj, &tag)
+            r = self._try_put(msg, tag, False, None)
+            # The publish's compare-and-swap is a full barrier: this load
+            # cannot miss a reader that armed before its last look.
+            bell = r == 1 and self.bell_aux >= 0 and \
+                mpx_load32(&self.hdr.aux[_aux(self.bell_aux)]) == self.bell_value
+        finally:
+            self._leave()
+        if r == 0:
+            self.on_full(msg, tag)
+        elif r < 0:
+            raise self.shutdown_exc()
+        elif bell:
+            self.on_bell()
+
+    def recv_obj(self):
+        """A channel's recv: get_obj(), waiting in the ring at most
+        recv_wait seconds; after that, the object on_empty() returns (it
+        sleeps its own way). A take while aux word watch_aux is set calls
+        on_take() first (also when the message then fails to decode)."""
+        cdef list out
+        cdef bint watched
+        try:
+            out = self._get(1, True, self.recv_wait)
+        except self.empty_exc:
+            return self.on_empty()
+        # (No other thread can close the ring while we hold the GIL.)
+        watched = self.watch_aux >= 0 and self.hdr != NULL and not self.closing and \
+            mpx_load32(&self.hdr.aux[_aux(self.watch_aux)]) != 0
+        if watched:
+            self.on_take()
+        return self._decode_msg(out[0])
 
     def put_many_obj(self, objs, bint block=True, timeout=None):
         """put_many() of objects, each turned into a message as by put_obj().

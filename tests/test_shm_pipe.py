@@ -147,6 +147,38 @@ def test_closed_end_raises_oserror_everywhere():
     b.close()
 
 
+def test_methods_taken_before_close_raise_oserror_after_it():
+    # send/recv are the rings' compiled methods while the end is open; one
+    # held across close() (as a thread racing close does) must still raise
+    # the stdlib's OSError, not crash or write into an unmapped ring.
+    ctx = mpx.get_context("fork")
+    a, b = shm_pipe(ctx)
+    send, recv = a.send, b.recv
+    a.close()
+    b.close()
+    with pytest.raises(OSError):
+        send(1)
+    with pytest.raises(OSError):
+        recv()
+
+
+def test_a_dropped_pipe_is_freed_without_the_cycle_collector():
+    # The rings call back into their channel (bell, full, empty): those
+    # hooks must not form a cycle that keeps channel and rings alive.
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        a, b = mpx.Pipe(backend="shm")
+        a.send((1, "x"))
+        assert b.recv() == (1, "x")
+        refs = [weakref.ref(a._chan), weakref.ref(b._chan)]
+        del a, b
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+
+
 def test_recv_bytes_into_and_buffer_too_short():
     ctx = mpx.get_context("fork")
     a, b = shm_pipe(ctx)

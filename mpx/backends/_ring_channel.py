@@ -99,6 +99,7 @@ import os
 import select
 import socket
 import time
+import weakref
 
 __all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
            "unavailable", "DEFAULT_CAPACITY", "DEFAULT_SPIN"]
@@ -219,6 +220,21 @@ def _clear(bell, _read=os.eventfd_read):
         return False
 
 
+def _weak(method):
+    """`method` (of a channel) called through a weak reference: the hooks a
+    channel sets on its rings must not keep it alive (it owns the rings, and
+    its descriptors should close when it is dropped, not at the next cycle
+    collection)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        if bound is None:
+            raise OSError(errno.EBADF, "handle is closed")
+        return bound(*args)
+    return call
+
+
 def _arm(ring):
     """ARMED := 1 with a locked instruction (a full barrier: the caller's
     next look at the ring cannot be ordered before it)."""
@@ -237,7 +253,7 @@ class Channel:
 
     __slots__ = ("_sock", "_sockfd", "_in", "_out", "_in_bell", "_out_bell",
                  "_ep", "_ep_pid", "_watched", "_sleepers", "_deferred", "_closed", "_empty",
-                 "_full", "eof_exc", "spin", "pid", "encode", "decode", "__weakref__")
+                 "_full", "eof_exc", "spin", "pid", "decode", "__weakref__")
 
     def __init__(self, sock, in_ring, out_ring, in_bell, out_bell, *,
                  eof_exc=EOFError, spin=DEFAULT_SPIN):
@@ -255,7 +271,17 @@ class Channel:
         self._closed = False
         self.eof_exc = eof_exc
         self.pid = os.getpid()
-        self.encode = self.decode = None
+        self.decode = None
+        # The rings run send_obj/recv_obj's fast path themselves (compiled,
+        # no frame of ours) and call back here only for the rest.
+        if out_ring is not None:
+            out_ring.bell_aux, out_ring.bell_value = ARMED, ARMED_
+            out_ring.on_bell = _weak(self._ring_bell)
+            out_ring.on_full = _weak(self._send_when_full)
+        if in_ring is not None:
+            in_ring.watch_aux = WATCHED
+            in_ring.on_take = _weak(self._after_take)
+            in_ring.on_empty = _weak(self._recv_when_empty)
         self.set_spin(spin)
 
     def set_spin(self, spin):
@@ -268,6 +294,10 @@ class Channel:
             if r is not None:
                 r.shutdown_exc = self.eof_exc
                 r.spin_max_ns = int(spin * 1e9)
+        if self._in is not None:
+            # recv_obj spins, then naps on the ring's futex, before the
+            # epoll sleep of _recv_when_empty.
+            self._in.recv_wait = self.spin + _NAP if self.spin else 0.0
 
     # ------------------------------------------------------------ state
 
@@ -282,6 +312,16 @@ class Channel:
     @property
     def writable(self):
         return self._out is not None
+
+    @property
+    def in_ring(self):
+        """The ring this end reads (None: write-only)."""
+        return self._in
+
+    @property
+    def out_ring(self):
+        """The ring this end writes (None: read-only)."""
+        return self._out
 
     def _check_open(self):
         if self._closed:
@@ -306,7 +346,8 @@ class Channel:
         try:
             out.put(msg, tag, False)
         except self._full:
-            self._put_slow(msg, tag)
+            self._send_when_full(msg, tag)
+            return
         except (ValueError, AttributeError):
             self._check_open()
             raise
@@ -317,24 +358,23 @@ class Channel:
 
     def send_obj(self, obj):
         """Put an object with the out ring's compiled encoder (its enc_*
-        hooks, set by the policy layer, see codec()); ``self.encode(obj) ->
-        (msg, tag)`` does the same in Python when the ring is full."""
-        out = self._out
+        hooks, set by the policy layer, see codec()). The ring's send_obj
+        does it all, calling back _ring_bell and _send_when_full."""
         try:
-            out.put_obj(obj, False)
-        except self._full:
-            self._put_slow(*self.encode(obj))
+            self._out.send_obj(obj)
         except (ValueError, AttributeError):
             self._check_open()
             raise
-        if out.aux_load(ARMED) == ARMED_:
+
+    def _send_when_full(self, msg, tag):
+        self._put_slow(msg, tag)
+        if self._out.aux_load(ARMED) == ARMED_:
             self._ring_bell()
 
-    def codec(self, encode, decode, **hooks):
-        """Set the object codec: `encode(obj) -> (msg, tag)`, `decode(msg) ->
-        obj` (msg as the ring gives it) and the rings' enc_*/dec_* hooks
-        (``Ring.put_obj``/``get_obj``)."""
-        self.encode = encode
+    def codec(self, decode, **hooks):
+        """Set the object codec: the rings' enc_*/dec_* hooks (for their
+        compiled send_obj/recv_obj) and `decode(msg) -> obj` (msg as the
+        ring gives it), for the messages recv_obj takes after a sleep."""
         self.decode = decode
         for name, value in hooks.items():
             r = self._out if name.startswith("enc_") else self._in
@@ -394,12 +434,13 @@ class Channel:
             self._check_open()    # closed meanwhile (by another thread)
             raise
         finally:
-            self._after_take(ring)
+            self._after_take()
         return msg
 
-    def _after_take(self, ring):
+    def _after_take(self):
         """Once some process watches fileno(), keep the bell exact: a take
         that emptied the ring clears it (see the module docstring)."""
+        ring = self._in
         try:
             if not self._closed and (self._watched or ring.aux_load(WATCHED)):
                 self._watched = True
@@ -412,30 +453,23 @@ class Channel:
             # and the message taken (or the error) must not be lost to this.
 
     def recv_obj(self):
-        """recv(), decoded with the in ring's compiled decoder (see codec())."""
-        ring = self._in
+        """recv(), decoded with the in ring's compiled decoder (see codec()).
+        The ring's recv_obj spins and takes the message itself, calling back
+        _after_take (once fileno() is watched) and _recv_when_empty."""
         try:
-            # A message there, or one within the spin (compiled, no GIL).
-            if ring.wait_readable(self.spin + _NAP):
-                try:
-                    obj = ring.get_obj(False)
-                except self._empty:       # another reader was first
-                    obj = self.decode(self._recv_slow(None, True))
-            else:
-                obj = self.decode(self._recv_slow(None, False))
+            return self._in.recv_obj()
         except (ValueError, AttributeError):
             self._check_open()
             raise
+
+    def _recv_when_empty(self):
+        """recv_obj after the ring's spin and nap found nothing: sleep."""
+        ring = self._in
+        try:
+            return self.decode(self._recv_slow(None, False))
         finally:
             # (Also after a message that failed to decode: it was taken.)
-            # The first test of _after_take, inlined: this is the hot path.
-            try:
-                watched = self._watched or ring.aux_load(WATCHED)
-            except ValueError:          # closed by another thread meanwhile
-                watched = False
-            if watched:
-                self._after_take(ring)
-        return obj
+            self._after_take()
 
     def _recv_slow(self, timeout, spin):
         ring = self._in

@@ -60,18 +60,21 @@ class Connection:
         self._writable = writable
         self._serializer = serializer
         codec = _ring_codec.Codec(serializer)
-        chan.codec(codec.encode, codec.decode, **codec.ring_hooks)
+        chan.codec(codec.decode, **codec.ring_hooks)
         self._bind()
 
     def _bind(self):
-        # As the shm queue does: send/recv are then the channel's methods,
-        # with no frame of ours on the fast path. The class's methods (which
-        # raise the stdlib's errors) come back when an end stops reading or
-        # is closed.
+        # As the shm queue does: send/recv are then the rings' compiled
+        # send_obj/recv_obj, with no Python frame on the fast path (they
+        # call back into the channel only to ring a bell, wait for room or
+        # sleep). The class's methods (which raise the stdlib's errors) come
+        # back when an end stops reading or is closed; a call racing a
+        # close() in another thread gets the ring's RingClosed, an OSError
+        # like the stdlib's "handle is closed".
         if self._writable:
-            self.send = self._chan.send_obj
+            self.send = self._chan.out_ring.send_obj
         if self._readable:
-            self.recv = self._chan.recv_obj
+            self.recv = self._chan.in_ring.recv_obj
 
     def _unbind(self):
         self.__dict__.pop("send", None)
