@@ -937,6 +937,55 @@ def test_custom_serializer(backend):
     assert q.get(timeout=5) == {"big": "x" * 100_000}
 
 
+def first_byte_on_the_wire(q, obj, **put_kw):
+    """Put `obj`, take the raw kernel message back, and return its first
+    byte and the object it decodes to."""
+    q.put(obj, **put_kw)
+    msg = q._mrecv()[0]
+    return msg[0], q._decode(msg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_builtin_values_travel_compact_the_rest_pickled(backend):
+    # With the pickle serializers a small value made only of exact builtins
+    # is a COMPACT frame (0x02); anything else is pickled (0x80), and past
+    # the kernel's message size it goes to a side segment (0x01).
+    q = open_q(backend)
+    for value in [(12345, "payload", 3.14), None, True, -0.0, 2 ** 63 - 1,
+                  {"k": [1, b"b", ("t",)]}, "\u00e9" * 10, b"x" * 1000]:
+        for kw in ({}, {"timeout": 5}):      # the fast path and the general one
+            first, back = first_byte_on_the_wire(q, value, **kw)
+            assert first == 0x02 and back == value and type(back) is type(value)
+    shared = [1]
+    for value in [2 ** 64, [shared, shared], queue.Empty(), {1: frozenset()}]:
+        first, back = first_byte_on_the_wire(q, value)
+        assert first == 0x80, value
+    assert back == {1: frozenset()}
+    first, back = first_byte_on_the_wire(q, [shared, shared])
+    assert back[0] is back[1]            # pickle keeps the sharing
+    first, back = first_byte_on_the_wire(q, list(range(3000)))   # > 8 KiB either way
+    assert first == 0x01 and back == list(range(3000))
+    q.put_many([(1, "a"), 2 ** 64])
+    assert q.get_many(timeout=5) == [(1, "a"), 2 ** 64]
+    custom = open_q(backend, serializer=JsonBytes())
+    first, back = first_byte_on_the_wire(custom, (1, "a"))
+    assert first == 0x00 and back == [1, "a"]    # never COMPACT: JSON's own answer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_compact_message_reads_under_any_serializer_and_damage_raises(backend, name):
+    writer = open_q(backend, name=name)
+    reader = open_q(backend, name=name, serializer=JsonBytes())
+    writer.put((1, "a"))
+    assert reader.get(timeout=5) == (1, "a")     # decoded as written, not as JSON
+    writer._msend(b"\x02t\xff\xff\xff\x7f")   # a tuple claiming 2**31-1 items
+    with pytest.raises(ValueError):
+        reader.get(timeout=5)
+    writer.put("after")
+    assert reader.get(timeout=5) == "after"
+    writer.unlink()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_repr_and_compatibility_no_ops(backend):
     q = open_q(backend)

@@ -357,14 +357,14 @@ class PosixQueue(MessageQueueBase):
     # is one system call when the queue has room (put) or a message (get).
     def put(self, obj, block=True, timeout=None):
         if block and timeout is None:
-            data = self._dumps(obj)
-            if len(data) <= self._raw_limit:
+            frame, suffix = self._encode(obj)
+            if suffix is None:
                 try:
-                    return self._msend(data)
+                    return self._msend(frame)
                 except _BusyError:
-                    return self._send_wait(data, 0, None)
+                    return self._send_wait(frame, 0, None)
             self._check_open()
-            return self._put_data(data, 0, None)
+            return self._send_frame(frame, suffix, 0, None)
         self._put(obj, 0, block, timeout)
 
     def get(self, block=True, timeout=None):

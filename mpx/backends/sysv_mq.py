@@ -353,8 +353,6 @@ class SysvQueue(MessageQueueBase):
         self._setup(res, serializer, res.body, anonymous, created, tag,
                     SideStore(BACKEND, res.body, res.mq.mode & 0o777),
                     header["msgsize"], header["maxsize"])
-        if self._bounded:
-            self._raw_limit = -1    # bounded puts take the lock: never the fast path
 
     @classmethod
     def _attach(cls, state, serializer):
@@ -371,21 +369,21 @@ class SysvQueue(MessageQueueBase):
     def _prio(self, mtype):
         return 0
 
-    # -- fast path: unbounded, wait for ever, a pickle that fits -------------
+    # -- fast path: unbounded, wait for ever, a message that fits -----------
 
     def put(self, obj, block=True, timeout=None):
-        if block and timeout is None:
-            data = self._dumps(obj)         # (a bounded queue has _raw_limit -1)
-            if len(data) <= self._raw_limit:
+        if block and timeout is None and not self._bounded:   # (bounded: a lock)
+            frame, suffix = self._encode(obj)
+            if suffix is None:
                 try:
-                    self._msend(data)           # block=True, type=1 (FIFO_TYPE)
+                    self._msend(frame)          # block=True, type=1 (FIFO_TYPE)
                 except _Error as e:
-                    self._retry(e, self._msend, data)
+                    self._retry(e, self._msend, frame)
                 if self._words[5]:                 # DATA_WAITERS (literal: hot path)
                     self._ring(self._data_seq)
                 return
             self._check_open()
-            return self._put_data(data, 0, None)
+            return self._send_frame(frame, suffix, 0, None)
         self._put(obj, 0, block, timeout)
 
     def _retry(self, e, call, *args):
