@@ -68,6 +68,18 @@ def named():
 
 # --- child process bodies (module level, so spawn can import them) --------
 
+def child_reports_ring_fds(a, b):
+    """Put (descriptors on an mpx ring, how many of them are inheritable)."""
+    mine = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "mpx-queue" in os.readlink(f"/proc/self/fd/{fd}"):
+                mine.append(int(fd))
+        except OSError:
+            pass
+    b.put((len(mine), sum(os.get_inheritable(fd) for fd in mine)))
+
+
 def child_echo(inq, outq, n):
     for _ in range(n):
         outq.put(inq.get(timeout=30))
@@ -197,6 +209,19 @@ def test_queue_given_at_start(ctx):
     assert b.get(timeout=30) == "x"
     assert b.get(timeout=30) == b"raw bytes"
     assert (b.get(timeout=30) == np.arange(5)).all()
+    join_all([p])
+
+
+def test_a_child_holds_one_private_descriptor_per_queue_it_was_given(ctx):
+    # One descriptor per ring in the child, none inheritable: a program the
+    # child runs must not keep the queue's memory alive.
+    if ctx.get_start_method() == "fork":
+        pytest.skip("a forked child inherits every descriptor of the parent")
+    a = ctx.Queue(backend="shm")
+    b = ctx.Queue(backend="shm")
+    p = ctx.Process(target=child_reports_ring_fds, args=(a, b))
+    p.start()
+    assert b.get(timeout=30) == (2, 0)
     join_all([p])
 
 
@@ -403,6 +428,46 @@ def test_numpy_and_buffers_out_of_band():
     n, a2 = q.get()
     assert n == 7 and (a2 == arr).all()
     assert (q.get()["a"] == arr[:2]).all()
+
+
+class CountingPickle(mpx._serial.PickleSerializer):
+    """Pickle, counting its calls by kind."""
+
+    def __init__(self):
+        self.calls = []
+
+    def dumps(self, obj):
+        self.calls.append("dumps")
+        return super().dumps(obj)
+
+    def dumps_oob(self, obj):
+        self.calls.append("dumps_oob")
+        return super().dumps_oob(obj)
+
+
+def test_bytearrays_and_large_containers_are_pickled_at_most_once():
+    from mpx.backends import _ring_codec as codec
+    ser = CountingPickle()
+    ba = bytearray(os.urandom(1 << 20))
+    msg, tag = codec.encode(ser, True, ba)
+    # The bytearray itself is the ring's part (one copy in); what the ring
+    # hands back as that part is a fresh bytearray (one copy out).
+    assert tag == codec.TAG_BYTEARRAY and msg[1] is ba and ser.calls == []
+    big_bytes = (1, b"x" * (1 << 20))
+    codec.encode(ser, True, big_bytes)
+    assert ser.calls == ["dumps"]                       # in band, once
+    ser.calls.clear()
+    msg, tag = codec.encode(ser, True, (1, np.zeros(1 << 17)))
+    assert tag == codec.TAG_OOB and ser.calls == ["dumps", "dumps_oob"]
+    q = mpx.Queue(backend="shm")
+    for obj in (ba, bytearray(), (2, ba)):
+        q.put(obj)
+        back = q.get(timeout=5)
+        assert back == obj and type(back) is type(obj)
+    q.put(ba)
+    back = q.get(timeout=5)
+    back[0] ^= 1                                       # writable, and ours
+    assert back[0] != ba[0]
 
 
 class TaggedArray(np.ndarray):

@@ -18,6 +18,10 @@ an 8-bit tag that says how to read them:
                 exact None, bool, int, float, str, bytes, tuple, list and dict
                 (cython_src/compact.pxi: ~0.15 us each way where pickle takes
                 ~0.45; pickle remains for everything it does not take)
+    TAG_BYTEARRAY  an empty part, then a ``bytearray``'s data: the ring hands
+                back every part after the first as a fresh bytearray, so
+                this is one copy each way (pickle keeps a bytearray in band:
+                two copies each way and a temporary of its size)
 
 The shortcuts (bytes unpickled, buffers out of band, raw arrays, compact
 objects) are taken only with the pickle-based serializers ("pickle", and
@@ -33,7 +37,7 @@ from .. import _serial
 from .._ext.ring import dumps_compact, loads_compact
 
 __all__ = ["TAG_PICKLE", "TAG_OOB", "TAG_BYTES", "TAG_TEXT", "TAG_NDARRAY",
-           "TAG_COMPACT", "OOB_RETRY", "Codec"]
+           "TAG_COMPACT", "TAG_BYTEARRAY", "OOB_RETRY", "Codec"]
 
 TAG_PICKLE = 0
 TAG_OOB = 1
@@ -41,9 +45,10 @@ TAG_BYTES = 2
 TAG_TEXT = 3
 TAG_NDARRAY = 4
 TAG_COMPACT = 5
+TAG_BYTEARRAY = 6
 
-# A stream at least this long that came from plain dumps is tried again with
-# out-of-band buffers (it probably holds a large array or bytearray).
+# A tuple, list or dict whose plain stream is at least this long, and that
+# holds an array directly, is pickled again with out-of-band buffers.
 OOB_RETRY = 256 << 10
 
 # Types the compact encoding may take (it decides on the whole object).
@@ -71,6 +76,12 @@ def wants_oob(tp):
     if len(plain_types) + len(_oob_types) < 2000:
         (_oob_types if answer else plain_types).add(tp)
     return answer
+
+
+def _goes_out_of_band(tp):
+    """Does pickle protocol 5 put an object of type `tp` out of band? (numpy
+    arrays and PickleBuffers do; bytearrays and memoryviews do not.)"""
+    return wants_oob(tp) and not issubclass(tp, (bytearray, memoryview))
 
 
 # numpy dtype kinds whose items are plain bytes: a copy of the data is the
@@ -107,6 +118,8 @@ def encode(serializer, raw, obj):
     if raw:
         if tp is bytes:
             return obj, TAG_BYTES
+        if tp is bytearray:
+            return [b"", obj], TAG_BYTEARRAY
         if tp in _compact_types:
             msg = dumps_compact(obj)
             if msg is not None:
@@ -129,13 +142,18 @@ def encode(serializer, raw, obj):
 
 
 def big(serializer, obj, data):
-    """A large in-band stream: a container holding big arrays or bytearrays
-    pickles again with them out of band (one copy less on each side);
-    anything else keeps the stream it has."""
-    if type(obj) in (tuple, list, dict):
-        stream, buffers = serializer.dumps_oob(obj)
-        if buffers:
-            return [stream] + buffers, TAG_OOB
+    """A large in-band stream: a container holding arrays (numpy's, or
+    PickleBuffers: what pickle puts out of band) pickles again with them
+    out of band (one copy less on each side); anything else keeps the stream
+    it has, without a second pickling. Only the container's own items are
+    looked at: deeper arrays stay in band."""
+    tp = type(obj)
+    if tp is tuple or tp is list or tp is dict:
+        items = obj.values() if tp is dict else obj
+        if any(_goes_out_of_band(type(item)) for item in items):
+            stream, buffers = serializer.dumps_oob(obj)
+            if buffers:
+                return [stream] + buffers, TAG_OOB
     if type(data) is str:
         return data.encode("utf-8"), TAG_TEXT
     return data, TAG_PICKLE
@@ -152,6 +170,8 @@ def decode(serializer, msg):
         return serializer.loads_oob(parts[0], parts[1:])
     if tag == TAG_BYTES and len(parts) == 1:
         return parts[0]
+    if tag == TAG_BYTEARRAY and len(parts) == 2:
+        return parts[1]
     if tag == TAG_NDARRAY and len(parts) == 2:
         return _ndarray_from(parts[0], parts[1])
     if tag == TAG_TEXT and len(parts) == 1:

@@ -267,9 +267,12 @@ def _reopen(handle, name, ring_id):
     """Find the ring a pickled queue refers to, in this process."""
     how = handle[0]
     if how == "dup":
-        # Handed over at process start: the descriptor came with us.
+        # Handed over at process start: the descriptor came with us, and is
+        # ours now. (spawn passes it inheritable; a program this process
+        # runs must not get it.)
         fd = handle[1].detach()
-        ring = _attach_fd(os.dup(fd), ring_id)
+        os.set_inheritable(fd, False)
+        ring = _attach_fd(fd, ring_id)
         if ring is not None:
             return ring
         raise _ring.RingError("the descriptor passed at start is not the expected queue")
