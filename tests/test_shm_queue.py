@@ -304,6 +304,11 @@ def test_put_many_get_many():
         q.get_many(timeout=0.05)
     q.put_many([])
     assert q.empty()
+    q.put_many([1, 2])
+    for bad, exc in ((0, ValueError), (1.5, TypeError), ("3", TypeError)):
+        with pytest.raises(exc):
+            q.get_many(max_items=bad)
+    assert q.get_many(max_items=2 ** 70) == [1, 2]      # a huge limit: all there are
 
 
 def test_put_many_is_all_or_nothing_on_serialization_errors():
@@ -645,7 +650,15 @@ def test_named_queue_with_other_settings_is_refused(named):
         mpx.Queue(name=name, backend="shm", capacity=1 << 20)
     same = mpx.Queue(name=name, backend="shm")      # defaults accept what is there
     assert same.maxsize == 3
+    simple = mpx.SimpleQueue(name=name, backend="shm")   # the same ring format
+    with pytest.raises(ValueError, match="exists as a Queue.*JoinableQueue"):
+        mpx.JoinableQueue(name=name, backend="shm")
+    simple.close()
     q.unlink()
+    joinable = mpx.JoinableQueue(name=name, backend="shm")
+    with pytest.raises(ValueError, match="exists as a JoinableQueue.*as a Queue"):
+        mpx.Queue(name=name, backend="shm")
+    joinable.unlink()
 
 
 # --------------------------------------------------------- bad input

@@ -28,6 +28,7 @@ Messages in the ring: see ``_ring_codec`` (shared with the shm Pipe).
 
 import collections
 import errno
+import operator
 import os
 import queue as _queue
 import stat
@@ -357,7 +358,7 @@ class _RingQueue:
                                         layout)
             try:
                 if not created:
-                    self._check_same(ring, bare, capacity, maxsize)
+                    self._check_same(ring, bare, self._family, capacity, maxsize)
             except BaseException:
                 ring.close()
                 raise
@@ -367,7 +368,14 @@ class _RingQueue:
         self._setup(ring, bare, created, serializer, {"spin": spin})
 
     @staticmethod
-    def _check_same(ring, bare, capacity, maxsize):
+    def _check_same(ring, bare, family, capacity, maxsize):
+        # Queue and SimpleQueue share a ring format; a JoinableQueue's puts
+        # and gets also count tasks, which the others would not do.
+        joinable = _KIND_CODES["JoinableQueue"]
+        if (ring.kind == joinable) != (family == "JoinableQueue"):
+            raise ValueError(f"the shm queue {bare!r} exists as a "
+                             f"{_KIND_NAMES.get(ring.kind, '?')}; it cannot be opened "
+                             f"as a {family}")
         if maxsize and ring.maxsize != maxsize:
             raise ValueError(f"the queue {bare!r} exists with maxsize={ring.maxsize}, "
                              f"not {maxsize}")
@@ -497,6 +505,10 @@ class _RingQueue:
         are there) for one synchronisation. Waits like get() until at least
         one item is there; raises queue.Empty if none comes in time."""
         ring = self._live_ring()
+        if max_items is not None:
+            # An int (TypeError for 1.5, as list slicing says); past 2**63 is
+            # "all there are" anyway.
+            max_items = min(operator.index(max_items), 1 << 63)
         if self._stash:
             out = []
             while self._stash and (max_items is None or len(out) < max_items):
