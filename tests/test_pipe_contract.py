@@ -2,6 +2,7 @@
 and the stdlib ("stdlib") as the oracle, under every start method."""
 
 import array
+import json
 import os
 import signal
 import threading
@@ -232,3 +233,115 @@ def test_connection_sent_later_through_a_queue(ctx, backend):
     if backend == "stdlib":
         q.close()
         q.join_thread()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_recv_bytes_into_a_short_buffer(ctx, backend):
+    from multiprocessing import BufferTooShort
+    a, b = make(ctx, backend)
+    a.send_bytes(b"hello world")
+    buf = bytearray(4)
+    with pytest.raises(BufferTooShort) as info:
+        b.recv_bytes_into(buf)
+    assert info.value.args[0] == b"hello world"    # the whole message, as the stdlib gives it
+    a.send_bytes(b"abc")                          # and the stream is still in step
+    assert b.recv_bytes() == b"abc"
+    closing(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_send_to_a_killed_peer_raises_broken_pipe(ctx, backend):
+    a, b = make(ctx, backend)
+    p = ctx.Process(target=send_then_die, args=(b,))
+    p.start()
+    b.close()
+    assert a.poll(30) and a.recv() == "last words"
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+    with pytest.raises(BrokenPipeError):
+        for _ in range(1000):          # a buffered backend may take some before it notices
+            a.send_bytes(b"x" * 100_000)
+    a.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_poll_with_a_negative_timeout_returns_at_once(ctx, backend):
+    a, b = make(ctx, backend)
+    t = time.monotonic()
+    assert b.poll(-1) is False          # the stdlib treats it as 0: no wait, no error
+    assert time.monotonic() - t < 0.5
+    a.send(1)
+    assert b.poll(5)
+    assert b.poll(-1) is True
+    assert b.recv() == 1
+    closing(a, b)
+
+
+class TextOnly:
+    """A custom serializer speaking str, whose loads takes nothing else."""
+
+    @staticmethod
+    def dumps(obj):
+        return json.dumps(obj)
+
+    @staticmethod
+    def loads(text):
+        if not isinstance(text, str):
+            raise TypeError(f"TextOnly.loads wants str, not {type(text).__name__}")
+        return json.loads(text)
+
+
+class BytesOnly:
+    """A custom serializer speaking bytes, whose loads takes nothing else."""
+
+    @staticmethod
+    def dumps(obj):
+        return json.dumps(obj).encode("utf-8")
+
+    @staticmethod
+    def loads(data):
+        if not isinstance(data, bytes):
+            raise TypeError(f"BytesOnly.loads wants bytes, not {type(data).__name__}")
+        return json.loads(data)
+
+
+@pytest.mark.parametrize("serializer", [json, TextOnly(), BytesOnly()],
+                         ids=["json", "text-only", "bytes-only"])
+@pytest.mark.parametrize("backend", backends_for("Pipe"))
+def test_custom_text_and_bytes_serializers(ctx, backend, serializer):
+    a, b = ctx.Pipe(backend=backend, serializer=serializer)
+    msg = {"k": [1, 2], "text": "é ü ☃"}
+    a.send(msg)
+    assert b.recv() == msg
+    a.send([3])                          # a str stream travels as its UTF-8 bytes
+    assert b.recv_bytes() == b"[3]"
+    p = ctx.Process(target=echo, args=(b, a))    # the serializer travels with the end
+    p.start()
+    b.close()
+    a.send(msg)
+    assert a.poll(30) and a.recv() == msg
+    a.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("backend", backends_for("Pipe"))
+def test_serializer_returning_neither_bytes_nor_str(ctx, backend):
+    class Weird:
+        dumps = staticmethod(lambda obj: 42)
+        loads = staticmethod(lambda data: data)
+
+    a, b = ctx.Pipe(backend=backend, serializer=Weird())
+    with pytest.raises(TypeError, match="int"):
+        a.send("x")
+    a.send_bytes(b"fine")               # nothing was written by the failed send
+    assert b.recv_bytes() == b"fine"
+    closing(a, b)
+
+
+def test_pipe_backend_simple_queue_with_a_text_serializer(ctx):
+    # (The pipe backend's SimpleQueue frames bytes as the Pipe does: same rule.)
+    q = ctx.SimpleQueue(backend="pipe", serializer=json)
+    q.put({"k": "é"})
+    assert q.get() == {"k": "é"}
+    q.close()

@@ -16,7 +16,41 @@ import os
 
 from multiprocessing import reduction
 
-__all__ = ["SerializedConnection"]
+from .. import _serial
+
+__all__ = ["SerializedConnection", "wire_bytes", "loads_custom"]
+
+
+def wire_bytes(serializer, data):
+    """What goes down the descriptor for `data`, the output of
+    ``serializer.dumps``: a text serializer's ``str`` travels as UTF-8, as
+    in the shm backend's rings (``_ring_codec.TAG_TEXT``)."""
+    if type(data) is bytes:
+        return data
+    if type(data) is str:
+        return data.encode("utf-8")
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"serializer {serializer!r} returned {type(data).__name__}, "
+                        "not bytes or str") from None
+
+
+def loads_custom(serializer, buf):
+    """``loads`` of a custom (not pickle) serializer, for a message received
+    as bytes. The stdlib's framing has no room to say whether the sender's
+    ``dumps`` gave bytes or text, so: bytes first (``json.loads`` and every
+    bytes serializer take them); a ``loads`` that rejects bytes (TypeError,
+    or AttributeError from calling a str method) is given the UTF-8 text."""
+    data = bytes(buf)
+    try:
+        return serializer.loads(data)
+    except (TypeError, AttributeError) as first:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise first from None
+        return serializer.loads(text)     # its error, if any, shows the first too
 
 
 class SerializedConnection(_mpc.Connection):
@@ -31,16 +65,23 @@ class SerializedConnection(_mpc.Connection):
         super().__init__(handle, readable, writable)
         self._serializer = serializer
         self._write_handle = write_handle
+        # Pickle serializers read a memoryview of the message as it is; a
+        # custom one gets bytes (or text: see loads_custom).
+        self._custom = not isinstance(serializer, _serial.PickleSerializer)
 
     def send(self, obj):
         self._check_closed()
         self._check_writable()
-        self._send_bytes(self._serializer.dumps(obj))
+        data = self._serializer.dumps(obj)
+        self._send_bytes(data if type(data) is bytes else wire_bytes(self._serializer, data))
 
     def recv(self):
         self._check_closed()
         self._check_readable()
-        return self._serializer.loads(self._recv_bytes().getbuffer())
+        buf = self._recv_bytes().getbuffer()
+        if self._custom:
+            return loads_custom(self._serializer, buf)
+        return self._serializer.loads(buf)
 
     def _send(self, buf, write=os.write):
         if self._write_handle is None:

@@ -11,13 +11,19 @@ serialized by the mpx serializer in the caller's own ``put``/``send``, so
 
 The feeder thread then only moves ready-made bytes, and the stdlib flushes it
 at process exit, so nothing that ``put`` accepted is lost there.
+
+A custom serializer may speak text (``serializer=json``): the Pipe and the
+SimpleQueue, which frame raw bytes, send its ``str`` as UTF-8 (see
+``_conn.wire_bytes`` and ``_conn.loads_custom``); Queue and JoinableQueue
+pickle what it returns, so a ``str`` travels as one.
 """
 
 import multiprocessing.queues as _mpq
 import os
 import socket
 
-from ._conn import SerializedConnection
+from .. import _serial
+from ._conn import SerializedConnection, loads_custom, wire_bytes
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
 
@@ -75,18 +81,20 @@ class PipeSimpleQueue(_mpq.SimpleQueue):
     """``multiprocessing.SimpleQueue`` with mpx serialization."""
 
     def put(self, obj):
-        data = self._serializer.dumps(obj)
+        data = wire_bytes(self._serializer, self._serializer.dumps(obj))
         with self._wlock:    # never None on POSIX
             self._writer.send_bytes(data)
 
     def get(self):
         with self._rlock:
             data = self._reader.recv_bytes()
-        return self._serializer.loads(data)
+        if isinstance(self._serializer, _serial.PickleSerializer):
+            return self._serializer.loads(data)
+        return loads_custom(self._serializer, data)
 
     def put_many(self, objs):
         """Put every object of `objs` in order, serialized before any is sent."""
-        for data in [self._serializer.dumps(o) for o in objs]:
+        for data in [wire_bytes(self._serializer, self._serializer.dumps(o)) for o in objs]:
             with self._wlock:
                 self._writer.send_bytes(data)
 
