@@ -27,7 +27,7 @@ from multiprocessing import reduction as _mp_reduction
 
 __all__ = ["Serializer", "PickleSerializer", "CloudpickleSerializer",
            "CustomSerializer", "SerializationError", "get_serializer",
-           "DEFAULT_SERIALIZER"]
+           "DEFAULT_SERIALIZER", "wire_bytes", "loads_custom"]
 
 PROTOCOL = 5
 
@@ -243,3 +243,36 @@ def get_serializer(spec=None):
         return CustomSerializer(spec)
     raise TypeError(f"serializer must be 'pickle', 'cloudpickle' or an object with "
                     f"dumps() and loads() methods, not {type(spec).__name__}")
+
+
+def wire_bytes(serializer, data):
+    """The bytes a transport carries for `data`, the output of
+    ``serializer.dumps``: a text serializer's ``str`` travels as UTF-8 (read
+    back with loads_custom). TypeError for anything but bytes-like or str."""
+    if type(data) is bytes:
+        return data
+    if type(data) is str:
+        return data.encode("utf-8")
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"serializer {serializer!r} returned {type(data).__name__}, "
+                        "not bytes or str") from None
+
+
+def loads_custom(serializer, buf):
+    """``loads`` of a custom (not pickle) serializer, for a message received
+    as bytes. A transport that frames only bytes (an OS pipe, a FIFO, a
+    kernel message queue) cannot say whether the sender's ``dumps`` gave
+    bytes or text, so: bytes first (``json.loads`` and every
+    bytes serializer take them); a ``loads`` that rejects bytes (TypeError,
+    or AttributeError from calling a str method) is given the UTF-8 text."""
+    data = bytes(buf)
+    try:
+        return serializer.loads(data)
+    except (TypeError, AttributeError) as first:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise first from None
+        return serializer.loads(text)     # its error, if any, shows the first too

@@ -920,16 +920,34 @@ class JsonBytes:
         return json.loads(bytes(data))
 
 
-class ReturnsStr:
+class TextOnly:
+    """A serializer that speaks str both ways (its loads refuses bytes)."""
+
     dumps = staticmethod(json.dumps)
-    loads = staticmethod(json.loads)
+
+    @staticmethod
+    def loads(text):
+        if not isinstance(text, str):
+            raise TypeError("text only")
+        return json.loads(text)
+
+
+class ReturnsInt:
+    dumps = staticmethod(len)
+    loads = staticmethod(int)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_custom_serializer(backend):
-    bad = open_q(backend, serializer=ReturnsStr())
-    with pytest.raises(TypeError, match="bytes"):
-        bad.put({"a": 1})
+    bad = open_q(backend, serializer=ReturnsInt())
+    with pytest.raises(TypeError, match="returned int, not bytes or str"):
+        bad.put("abc")
+    for text in (json, TextOnly()):               # str travels as UTF-8, inline or aside
+        tq = open_q(backend, serializer=text)
+        tq.put({"a": "\u00e9"})
+        tq.put({"big": "y" * 100_000})
+        assert tq.get(timeout=5) == {"a": "\u00e9"}
+        assert tq.get(timeout=5) == {"big": "y" * 100_000}
     q = open_q(backend, serializer=JsonBytes())
     q.put({"a": [1, 2]})
     q.put({"big": "x" * 100_000})

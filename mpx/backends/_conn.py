@@ -17,40 +17,9 @@ import os
 from multiprocessing import reduction
 
 from .. import _serial
+from .._serial import loads_custom, wire_bytes
 
-__all__ = ["SerializedConnection", "wire_bytes", "loads_custom"]
-
-
-def wire_bytes(serializer, data):
-    """What goes down the descriptor for `data`, the output of
-    ``serializer.dumps``: a text serializer's ``str`` travels as UTF-8, as
-    in the shm backend's rings (``_ring_codec.TAG_TEXT``)."""
-    if type(data) is bytes:
-        return data
-    if type(data) is str:
-        return data.encode("utf-8")
-    try:
-        return memoryview(data).cast("B")
-    except TypeError:
-        raise TypeError(f"serializer {serializer!r} returned {type(data).__name__}, "
-                        "not bytes or str") from None
-
-
-def loads_custom(serializer, buf):
-    """``loads`` of a custom (not pickle) serializer, for a message received
-    as bytes. The stdlib's framing has no room to say whether the sender's
-    ``dumps`` gave bytes or text, so: bytes first (``json.loads`` and every
-    bytes serializer take them); a ``loads`` that rejects bytes (TypeError,
-    or AttributeError from calling a str method) is given the UTF-8 text."""
-    data = bytes(buf)
-    try:
-        return serializer.loads(data)
-    except (TypeError, AttributeError) as first:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise first from None
-        return serializer.loads(text)     # its error, if any, shows the first too
+__all__ = ["SerializedConnection"]
 
 
 class SerializedConnection(_mpc.Connection):

@@ -48,6 +48,7 @@ let a timed ``get``/``put`` sleep instead of polling.
 """
 
 import errno
+import functools
 import hashlib
 import itertools
 import mmap
@@ -62,7 +63,7 @@ import weakref
 from .. import _names
 from .._ext.ring import dumps_compact, loads_compact
 from .._ext.sync import SharedWord
-from .._serial import CloudpickleSerializer, PickleSerializer
+from .._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
 
 __all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
            "queue_args", "open_queue", "settled_header", "half_created",
@@ -608,9 +609,11 @@ class MessageQueueBase:
         self._res = res             # what the finalizer closes/unlinks (never self)
         self._serializer = serializer
         self._dumps = serializer.dumps
-        self._loads = serializer.loads
-        self._side_loads = (serializer.loads if isinstance(serializer, PickleSerializer)
-                            else (lambda mm, custom=serializer.loads: custom(mm[:])))
+        if isinstance(serializer, PickleSerializer):
+            self._loads = self._side_loads = serializer.loads
+        else:
+            # Bytes or text (wire_bytes on the way in): see loads_custom.
+            self._loads = self._side_loads = functools.partial(loads_custom, serializer)
         # The pickle serializers send small values of exact builtins as
         # COMPACT frames (see Framing); dumps_compact returns None for the
         # rest, which are pickled.
@@ -634,9 +637,8 @@ class MessageQueueBase:
 
     def _frame(self, data):
         """(frame, side suffix or None) for serialized `data`."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"serializer {self._serializer!r} returned "
-                            f"{type(data).__name__}, not bytes")
+        if type(data) is not bytes:
+            data = wire_bytes(self._serializer, data)
         if data[:1] == RAW:
             if len(data) <= self._limit:
                 return data, None

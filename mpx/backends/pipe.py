@@ -14,7 +14,7 @@ at process exit, so nothing that ``put`` accepted is lost there.
 
 A custom serializer may speak text (``serializer=json``): the Pipe and the
 SimpleQueue, which frame raw bytes, send its ``str`` as UTF-8 (see
-``_conn.wire_bytes`` and ``_conn.loads_custom``); Queue and JoinableQueue
+``_serial.wire_bytes`` and ``_serial.loads_custom``); Queue and JoinableQueue
 pickle what it returns, so a ``str`` travels as one.
 """
 
@@ -23,7 +23,8 @@ import os
 import socket
 
 from .. import _serial
-from ._conn import SerializedConnection, loads_custom, wire_bytes
+from .._serial import loads_custom, wire_bytes
+from ._conn import SerializedConnection
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
 
