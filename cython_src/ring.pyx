@@ -14,6 +14,10 @@
 #   ring.wait_readable(timeout)               for Connection.poll
 #   ring.shutdown(), ring.drain(), ring.ack(n), ring.wait_acked(timeout),
 #   ring.aux_*(i, ...)                        15 spare 32-bit futex words
+#   ring.send_obj(obj), ring.recv_obj()       a channel's send/recv (hooks on_*)
+#   ring.owner = weakref.ref(conn)            kept alive during send_obj/recv_obj
+#   ring.close()                              blocked calls of this process raise
+#                                             RingClosed (an OSError)
 #
 # The exceptions raised (empty_exc, full_exc, shutdown_exc) are set per ring
 # by the policy layer. A message is a list of byte strings ("parts") plus an
@@ -33,6 +37,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.weakref cimport PyWeakref_CheckRef, PyWeakref_GetObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT32_MAX
 from libc.string cimport memcpy, memset
 from libc.limits cimport LONG_MAX as PY_SSIZE_T_MAX
@@ -116,6 +121,18 @@ cdef extern from *:
         if (fstat(fd, &st) < 0) return -1;
         return (int64_t)st.st_size;
     }
+
+    /* This process's pid, kept current by a fork handler: getpid() is a
+       system call (~0.2 us here, as much as a whole put), too slow for the
+       entry of every ring call. pthread_atfork covers every fork() of the
+       process (os.fork, multiprocessing, C code); children made by vfork or
+       posix_spawn skip it but exec before running any of this. */
+    static int mpx_pid_now;
+    static void mpx_after_fork_child(void) { mpx_pid_now = (int)getpid(); }
+    static int mpx_pid_init(void) {
+        mpx_pid_now = (int)getpid();
+        return pthread_atfork(NULL, NULL, mpx_after_fork_child);
+    }
     """
     int mpx_nr_running() noexcept nogil
     int mpx_errno() noexcept nogil
@@ -125,6 +142,8 @@ cdef extern from *:
     void* mpx_map(size_t length, int prot, int fd, uint64_t off) noexcept nogil
     int64_t mpx_file_size(int fd) noexcept nogil
     int mpx_flink(int fd, const char* path) noexcept nogil
+    int mpx_pid_now
+    int mpx_pid_init() noexcept nogil
     int munmap(void* addr, size_t length) noexcept nogil
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long off) noexcept nogil
     void* MAP_FAILED
@@ -201,6 +220,21 @@ MAX_AREA = 1 << 36
 # Longest spin on a contended lock before sleeping on it.
 cdef enum:
     LOCK_SPIN_NS = 5000
+# How long a call that must not wait (get/put with block=False or
+# timeout <= 0) waits for a side lock another process holds, after which it
+# answers Empty/Full as if the ring had nothing or no room (as the stdlib's
+# get(block=False) does for its reader lock). Side locks are held only for
+# a copy, so this is long enough for a holder that was merely preempted on
+# a busy machine to finish (otherwise a put_nowait on a queue with room
+# would fail whenever another producer was descheduled mid-copy), and short
+# enough that a holder that stopped (SIGSTOP, a debugger) or copies a huge
+# message never makes a non-blocking call block. A dead holder is repaired
+# at once (the kernel reports it on the first try).
+cdef enum:
+    NOWAIT_LOCK_NS = 2000000
+# _lock's deadline for "a call that must not wait" (see NOWAIT_LOCK_NS).
+cdef enum:
+    LOCK_NOWAIT = -2
 
 # Test hooks: a ring whose crash_point is set SIGKILLs its own process at
 # that point, so tests can check every repair path deterministically.
@@ -214,18 +248,49 @@ CRASH_POINTS = {"producer_before_publish": 1, "producer_after_publish": 2,
                 "consumer_after_copy": 3, "consumer_after_taken": 4,
                 "consumer_after_head": 5}
 
+# The tuning variables below are read once, at import. A value that is not
+# understood is an error naming the variable and the value, rather than
+# being ignored: a typo would otherwise leave the default in place (or, for
+# a negative spin, silently turn spinning off) with nobody told, and the
+# error comes at the first import of mpx, where it is easy to trace.
+
+def _env_spin_us():
+    raw = os.environ.get("MPX_SPIN_US", "50")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10_000_000:
+        raise ValueError(f"the environment variable MPX_SPIN_US must be a whole number "
+                         f"of microseconds from 0 to 10000000, not {raw!r}")
+    return value
+
+
+def _env_spin_yield():
+    raw = os.environ.get("MPX_SPIN_YIELD", "auto")
+    if raw not in ("auto", "0", "1"):
+        raise ValueError(f"the environment variable MPX_SPIN_YIELD must be 'auto', "
+                         f"'0' or '1', not {raw!r}")
+    return raw
+
+
 # Spin budget before sleeping, in microseconds. A cross-process futex wake
 # costs ~40 us on the VMs mpx is tuned on while a spinning handoff costs
 # ~0.1 us, so a pipeline that keeps both sides busy should never sleep.
-DEFAULT_SPIN_US = int(os.environ.get("MPX_SPIN_US", "50"))
+DEFAULT_SPIN_US = _env_spin_us()
 
 # Whether a spinning waiter yields its core: "auto" (when more tasks are
 # runnable than there are cores), "1" always, "0" never.
-_SPIN_YIELD = os.environ.get("MPX_SPIN_YIELD", "auto")
+_SPIN_YIELD = _env_spin_yield()
 cdef int _yield_mode = 1 if _SPIN_YIELD == "1" else (0 if _SPIN_YIELD == "0" else -1)
 cdef int _ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 cdef int64_t _load_checked = 0
 cdef bint _crowded = False
+
+
+# mpx_pid_now: see the C block above (Ring._enter counts calls per process).
+if mpx_pid_init() != 0:
+    raise OSError("mpx ring: pthread_atfork failed")
 
 
 cdef inline bint crowded() noexcept nogil:
@@ -299,9 +364,10 @@ cdef inline bint expired(int64_t deadline) noexcept nogil:
 
 
 cdef inline int64_t _lock_deadline(bint block, int64_t deadline) noexcept nogil:
-    """How long to wait for a side lock. Side locks are only held for a copy,
-    so calls that do not wait for room or messages wait for them anyway."""
-    return deadline if block and deadline > 0 else -1
+    """How long to wait for a side lock: a blocking call as long as it may
+    wait at all (its deadline, or forever); a call that must not wait
+    (block=False, timeout <= 0) only NOWAIT_LOCK_NS (see there)."""
+    return LOCK_NOWAIT if not block or deadline == 0 else deadline
 
 
 cdef inline uint64_t body_length(Py_buffer* bufs, Py_ssize_t n) noexcept nogil:
@@ -549,8 +615,11 @@ cdef class Ring:
     cdef public object on_full      # send_obj found the ring full: on_full(msg, tag) puts it
     cdef public object on_empty     # recv_obj waited recv_wait seconds: on_empty() -> object
     cdef public object recv_wait
-    cdef int busy                   # calls of this process inside the ring now
+    cdef int busy                   # calls of process busy_pid inside the ring now
+    cdef int busy_pid               # the process whose calls `busy` counts
     cdef bint closing               # close() was called while calls were inside
+    cdef uint16_t aux_waiters[15]   # threads of this process in aux_wait(i), per word
+    cdef object _owner              # weakref.ref to the object send_obj/recv_obj keep alive
 
     def __cinit__(self):
         self.hdr = NULL
@@ -729,16 +798,40 @@ cdef class Ring:
     # Calls that may release the GIL count themselves in `busy`, so that
     # close() from another thread never unmaps memory under a sleeping call:
     # the last call to leave unmaps instead.
+    #
+    # The count belongs to one process (busy_pid). A forked child inherits
+    # this object with the parent's count but none of the threads it counts
+    # (only the forking thread goes on), so the first call in the child
+    # starts the count afresh, and close() in a process whose count is not
+    # its own unmaps at once: the threads blocked in the ring are exactly
+    # those this process counted. _enter returns the pid it counted the call
+    # under and _leave only uncounts from that same count.
     cdef inline int _enter(self) except -1:
+        cdef int pid = mpx_pid_now
         if self.hdr == NULL or self.closing:
             raise RingClosed("the ring is closed")
+        if self.busy_pid != pid:
+            self.busy_pid = pid
+            self.busy = 0
         self.busy += 1
-        return 0
+        return pid
 
-    cdef inline void _leave(self) noexcept:
+    cdef inline void _leave(self, int pid) noexcept:
+        if self.busy_pid != pid:
+            return          # counted in the parent before a fork: not ours
         self.busy -= 1
         if self.closing and self.busy <= 0:
             self._unmap(True)
+
+    cdef int _closed_while_waiting(self) except -1:
+        raise RingClosed("the ring was closed (by another thread) while this call waited")
+
+    # (Errors of rare paths are raised out of line: formatting them inside
+    # the hot functions makes the C compiler stop inlining copy_in/copy_out
+    # there, which costs every put ~10%.)
+    cdef int _corrupt_spill_next(self, uint64_t off) except -1:
+        raise RingError(f"corrupt ring header: the next spill extent would start at "
+                        f"byte {off}, outside the spill region (from {self.spill_base})")
 
     cdef int _map(self, int fd, size_t length) except -1:
         # No MAP_POPULATE here: it would give every page of the ring a page.
@@ -790,24 +883,44 @@ cdef class Ring:
 
     def close(self):
         """Unmap the ring and close its descriptor (this process only). Calls
-        blocked in other threads of this process raise ValueError."""
+        blocked in other threads of this process (get, put, waits for acks
+        or aux words, waits for the ring's locks) wake and raise RingClosed;
+        the last of them to leave unmaps."""
+        cdef int i
         if self.hdr == NULL or self.closing:
             return
         self.unregister_holder()
-        if self.busy > 0 and getpid() == self.my_pid:
+        if self.busy > 0 and self.busy_pid == mpx_pid_now:
             self.closing = True
             # Make this process's blocked calls look again (and notice): the
             # wake-up is spurious for other processes, which just re-check.
+            # (Lock waits notice within a lock slice, LOCK_SLICE_NS.)
             mpx_futex_wake(mpx_lo32(&self.hdr.tail), INT32_MAX)
             mpx_futex_wake(mpx_lo32(&self.hdr.head), INT32_MAX)
             mpx_futex_wake(&self.hdr.acked, INT32_MAX)
             mpx_futex_wake(mpx_lo32(&self.hdr.area_head), INT32_MAX)
+            for i in range(15):
+                if self.aux_waiters[i]:
+                    mpx_futex_wake(&self.hdr.aux[i], INT32_MAX)
         else:
             self._unmap(True)
 
     @property
     def closed(self):
         return self.hdr == NULL or self.closing
+
+    @property
+    def owner(self):
+        """None, or a weakref.ref to the object whose methods send_obj and
+        recv_obj stand for (a Connection binds them as its send/recv):
+        they hold a strong reference to it for the whole call."""
+        return self._owner
+
+    @owner.setter
+    def owner(self, value):
+        if value is not None and not PyWeakref_CheckRef(value):
+            raise TypeError(f"owner must be a weakref.ref or None, not {type(value).__name__}")
+        self._owner = value
 
     # ------------------------------------------------------------- holders
 
@@ -890,13 +1003,17 @@ cdef class Ring:
         return mpx_used(mpx_load64(&self.hdr.tail), mpx_load64(&self.hdr.head))
 
     def is_full(self):
-        """True if no further message can go in now (maxsize reached, or not
-        even an empty message fits)."""
+        """True when a put of the smallest real message would wait now:
+        maxsize messages are in the ring, or fewer than 16 bytes of it are
+        free (a record of 1 to 8 bytes of body takes 16; a queue never sends
+        an empty body, which alone would still fit in 8). False does not
+        promise that every message fits: a bigger one may still wait for
+        ring bytes or for overflow-area room (its size is not known here)."""
         self._check()
         cdef uint64_t t = mpx_load64(&self.hdr.tail), h = mpx_load64(&self.hdr.head)
         if self.maxsize and mpx_count(t, h) >= self.maxsize:
             return True
-        return self.cap - mpx_used(t, h) < 8
+        return self.cap - mpx_used(t, h) < 16
 
     @property
     def is_shutdown(self):
@@ -928,7 +1045,8 @@ cdef class Ring:
     # ----------------------------------------------------- locks and waits
 
     cdef int _lock(self, pthread_mutex_t* m, int64_t deadline, int side) except -1:
-        """Take a side's robust mutex: 1 when held, 0 when `deadline` passed.
+        """Take a side's robust mutex: 1 when held, 0 when `deadline` (-1:
+        none; LOCK_NOWAIT: NOWAIT_LOCK_NS from now) passed.
 
         A dead owner is reported by the kernel as EOWNERDEAD to the next
         locker, which repairs the side and marks the mutex consistent.
@@ -938,6 +1056,8 @@ cdef class Ring:
         cdef int k
         cdef timespec ts
         if r == EBUSY:
+            if deadline == LOCK_NOWAIT:
+                deadline = monotonic_ns() + NOWAIT_LOCK_NS
             # Contended: the holder is in the middle of a short copy, or it is
             # a waiter that may wait long; spin only for about a copy's time.
             if self.spin_max_ns > 0 and not crowded():
@@ -963,7 +1083,7 @@ cdef class Ring:
                     r = EBUSY
                     PyErr_CheckSignals()
                     if self.closing:
-                        raise ValueError("the queue was closed while waiting")
+                        self._closed_while_waiting()
         if r == 0:
             return 1
         if r == EOWNERDEAD:
@@ -1014,8 +1134,9 @@ cdef class Ring:
             mpx_store64(&h.area_cpend, 0)
         if side == SIDE_PRODUCER and mpx_load64(&h.ovf_pending_len):
             t = mpx_load64(&h.tail) & ~MPX_F_MASK
-            if t != h.ovf_pending_tail:
+            if t != h.ovf_pending_tail and h.ovf_pending_off >= self.spill_base:
                 # Its record was never published: nobody will read the extent.
+                # (Never below the spill region, whatever the header says.)
                 mpx_punch(self.fd, h.ovf_pending_off, h.ovf_pending_len)
             mpx_store64(&h.ovf_pending_len, 0)
 
@@ -1028,6 +1149,7 @@ cdef class Ring:
         cdef uint64_t cur
         cdef bint changed = False, yielding
         cdef int k, r
+        cdef uint32_t* closing = <uint32_t*>&self.closing
         if self.spin_max_ns > 0 and spin > 0:
             # With more runnable tasks than cores, the process we wait for
             # may be waiting for our core: spin with sched_yield() so it
@@ -1051,6 +1173,12 @@ cdef class Ring:
                             mpx_cpu_relax()
                     if not changed and monotonic_ns() >= end:
                         break
+                    # close() from another thread of ours: stop at once (a
+                    # spin may be long, e.g. a Pipe's spin=0.5).
+                    if mpx_load32(closing):
+                        break
+            if self.closing:
+                self._closed_while_waiting()
             # Adapt: spinning that pays off is kept up; spinning that keeps
             # failing (a trickle of messages) costs CPU for nothing, so it
             # shrinks, but only to a quarter: below the peer's usual response
@@ -1077,10 +1205,15 @@ cdef class Ring:
             if not mpx_cas64(word, cur, cur | MPX_F_WAIT):
                 return 1
             cur |= MPX_F_WAIT
+        # (A close() between this look and the sleep wakes the word before
+        # we sleep on it; the sleep's slice, at most MAX_SLEEP_NS, bounds
+        # that rare delay.)
+        if self.closing:
+            self._closed_while_waiting()
         with nogil:
             r = mpx_futex_wait(mpx_lo32(word), <uint32_t>cur, left)
         if self.closing:
-            raise ValueError("the queue was closed while waiting")
+            self._closed_while_waiting()
         if r == EINTR:
             PyErr_CheckSignals()
         elif r == ETIMEDOUT and expired(deadline):
@@ -1101,11 +1234,11 @@ cdef class Ring:
     def wait_readable(self, timeout=None):
         """True once get() would not block (a message, or shut down); False
         if `timeout` passes first (for Connection.poll)."""
-        self._enter()
+        cdef int pid = self._enter()
         try:
             return bool(self._wait_readable(to_deadline(True, timeout)))
         finally:
-            self._leave()
+            self._leave(pid)
 
     # ------------------------------------------------------------------ put
 
@@ -1220,6 +1353,9 @@ cdef class Ring:
                 ftruncate(self.fd, base)
             ext_len = (body + self.page - 1) & ~(self.page - 1)
             ext_off = h.ovf_next
+            if ext_off < base or (ext_off & (self.page - 1)) or ext_off + ext_len < ext_off:
+                pthread_mutex_unlock(&h.prod_lock)
+                self._corrupt_spill_next(ext_off)
             h.ovf_pending_off = ext_off
             h.ovf_pending_tail = nt
             mpx_store64(&h.ovf_pending_len, ext_len)
@@ -1303,10 +1439,12 @@ cdef class Ring:
                     if not mpx_cas64(&h.area_head, a, a | AREA_WAIT):
                         continue
                     a |= AREA_WAIT
+                if self.closing:
+                    self._closed_while_waiting()
                 with nogil:
                     fr = mpx_futex_wait(mpx_lo32(&h.area_head), <uint32_t>a, left)
                 if self.closing:
-                    raise ValueError("the queue was closed while waiting")
+                    self._closed_while_waiting()
                 if fr == EINTR:
                     PyErr_CheckSignals()
         finally:
@@ -1372,6 +1510,10 @@ cdef class Ring:
         s = h.area_next
         head = mpx_load64(&h.area_head) & ~(<uint64_t>AREA_WAIT)
         empty = head == s               # nothing live: any place is free
+        if h.area_alloc > A:
+            # Every write below stays inside [0, area_alloc) or [0, A).
+            raise RingError("damaged mpx ring: its header says more of the overflow area "
+                            "has pages than the area holds")
         # Flow control: a bounded backlog keeps the area's memory (and the
         # producers' lead) small; a message always gets in beside one other
         # of its size, so even huge ones are double-buffered.
@@ -1408,6 +1550,14 @@ cdef class Ring:
             if err:
                 return 0
             h.area_alloc = grow
+        # Pages the header says exist must really be there: the file may
+        # have been cut short from outside, and writing to a mapped page
+        # past its end is a SIGBUS (see _check_file_covers). One fstat per
+        # message too big for the ring costs nothing next to its copy.
+        if mpx_file_size(self.fd) < <int64_t>(self.area_base + at + L):
+            raise RingError(f"damaged mpx ring: its file is shorter than its overflow area "
+                            f"claims ({mpx_file_size(self.fd)} bytes; truncated by another "
+                            f"program?)")
         # From here on shared state changes: note how to undo it, for whoever
         # takes the lock over if we are killed before publishing.
         h.area_undo_next = h.area_next
@@ -1475,11 +1625,11 @@ cdef class Ring:
         """Put one message: `msg` is a bytes-like object or a list of them.
         Raises full_exc if no room appears in time, shutdown_exc after
         shutdown()."""
-        self._enter()
+        cdef int pid = self._enter()
         try:
             self._put_msg(msg, tag, block, timeout)
         finally:
-            self._leave()
+            self._leave(pid)
 
     cdef int _put_msg(self, object msg, int tag, bint block, object timeout) except -1:
         cdef int r = self._try_put(msg, tag, block, timeout)
@@ -1511,12 +1661,12 @@ cdef class Ring:
         """Turn `obj` into a message with the enc_* hooks and put it (the
         arguments and errors of put())."""
         cdef int tag = 0
-        self._enter()
+        cdef int pid = self._enter()
         try:
             msg = self._encode_obj(obj, &tag)
             self._put_msg(msg, tag, block, timeout)
         finally:
-            self._leave()
+            self._leave(pid)
 
     cdef object _encode_obj(self, object obj, int* tag):
         """The message for `obj` (its tag in `tag`), by the enc_* hooks."""
@@ -1576,7 +1726,12 @@ cdef class Ring:
         room its own way (and rings the bell itself)."""
         cdef int tag = 0, r
         cdef bint bell
-        self._enter()
+        cdef object keep = None
+        # The owner (a Connection whose `send` is this method) lives until
+        # the call returns, as it would if `send` were its own method.
+        if self._owner is not None:
+            keep = <object>PyWeakref_GetObject(self._owner)
+        cdef int pid = self._enter()
         try:
             msg = self._encode_obj(obj, &tag)
             r = self._try_put(msg, tag, False, None)
@@ -1585,7 +1740,7 @@ cdef class Ring:
             bell = r == 1 and self.bell_aux >= 0 and \
                 mpx_load32(&self.hdr.aux[_aux(self.bell_aux)]) == self.bell_value
         finally:
-            self._leave()
+            self._leave(pid)
         if r == 0:
             self.on_full(msg, tag)
         elif r < 0:
@@ -1600,6 +1755,13 @@ cdef class Ring:
         on_take() first (also when the message then fails to decode)."""
         cdef list out
         cdef bint watched
+        cdef object keep = None
+        # The owner (a Connection whose `recv` is this method) lives until
+        # the call returns: a thread blocked here while the program drops
+        # the end gets the next message, as with a stdlib Connection, rather
+        # than the end closing under it (Connection.__del__ closes it).
+        if self._owner is not None:
+            keep = <object>PyWeakref_GetObject(self._owner)
         try:
             out = self._get(1, True, self.recv_wait)
         except self.empty_exc:
@@ -1615,12 +1777,12 @@ cdef class Ring:
         """put_many() of objects, each turned into a message as by put_obj().
         All are encoded first: one that cannot be raises and nothing is put."""
         cdef _Batch batch = _Batch()
-        self._enter()
+        cdef int pid = self._enter()
         try:
             batch.fill(objs, self)
             return self._put_batch(batch, to_deadline(block, timeout), block)
         finally:
-            self._leave()
+            self._leave(pid)
 
     def put_many(self, items, bint block=True, timeout=None):
         """Put several messages with as few lock rounds and wake-ups as room
@@ -1630,12 +1792,12 @@ cdef class Ring:
         room appeared in time or the ring was shut down (see is_shutdown).
         An item that is not a buffer raises before anything is put."""
         cdef _Batch batch = _Batch()
-        self._enter()
+        cdef int pid = self._enter()
         try:
             batch.fill(items)
             return self._put_batch(batch, to_deadline(block, timeout), block)
         finally:
-            self._leave()
+            self._leave(pid)
 
     cdef Py_ssize_t _put_batch(self, _Batch batch, int64_t deadline, bint block) except -1:
         cdef mpx_ring_header* h = self.hdr
@@ -1713,6 +1875,59 @@ cdef class Ring:
 
     # ------------------------------------------------------------------ get
 
+    # Overflow records come from shared memory that any process holding the
+    # file can write (or a damaged /dev/shm file): their extents are checked
+    # before anything touches them, against the layout (an extent never
+    # overlaps the header, the ring or, for a spill, the overflow area) and
+    # against the file's size now (fstat: a mapped page past the end of the
+    # file is a SIGBUS, not an error). What cannot be checked with mmap is a
+    # file truncated by another process AFTER this check, during the copy:
+    # that still raises SIGBUS, as does a file cut short inside the ring
+    # itself after attach() checked its size (checking that on every call
+    # would cost a system call per message). Only an mpx ring file damaged
+    # from outside (ftruncate by hand, another program) can come to that;
+    # mpx itself only ever shrinks a file past its live extents, under the
+    # producer lock.
+
+    cdef int _check_file_covers(self, uint64_t end) except -1:
+        """The file must extend to `end` bytes for an extent to be read."""
+        cdef int64_t size = mpx_file_size(self.fd)
+        if size < 0:
+            raise OSError(mpx_errno(), os.strerror(mpx_errno()))
+        if <uint64_t>size < end:
+            raise RingError(f"corrupt ring record: a large message's extent ends at byte "
+                            f"{end} of the file, which has only {size} (truncated by "
+                            f"another program?)")
+        return 0
+
+    cdef int _check_area_extent(self, mpx_ovf_ref* ref) except -1:
+        """An overflow-area record's extent: inside the area, and inside the
+        file."""
+        cdef uint64_t at
+        if self.area_size == 0 or ref.length > self.area_size or \
+                (ref.offset % self.area_size) + ref.length > self.area_size:
+            raise RingError("corrupt ring record: an overflow record points outside "
+                            "the overflow area")
+        at = ref.offset % self.area_size
+        self._check_file_covers(self.area_base + at + ref.length)
+        return 0
+
+    cdef uint64_t _check_spill_extent(self, mpx_ovf_ref* ref, bint reading) except? 0:
+        """A spill record's extent: page-aligned, past the ring and the area
+        (so a punch or a read never touches them), not wrapping around; and,
+        when it is to be read, inside the file. Returns its length in pages'
+        bytes."""
+        cdef uint64_t off = ref.offset
+        cdef uint64_t ext_len = (ref.length + self.page - 1) & ~(self.page - 1)
+        if off < self.spill_base or (off & (self.page - 1)) or ext_len < ref.length \
+                or off + ext_len < off:
+            raise RingError(f"corrupt ring record: a spill record points at bytes "
+                            f"{off}..+{ref.length} of the file, outside the spill region "
+                            f"(from byte {self.spill_base}, page-aligned)")
+        if reading:
+            self._check_file_covers(off + ref.length)
+        return ext_len
+
     cdef object _take(self, uint64_t hd, uint64_t* adv):
         """Copy the record at the head out (consumer lock held). Sets *adv to
         the bytes it occupies. Returns the message, or None for the remains
@@ -1725,19 +1940,18 @@ cdef class Ring:
         cdef object msg
         copy_out(<char*>&rh, self.data, self.mask, pos, 8)
         adv[0] = 8 + round8(rh.len)
-        if adv[0] > mpx_used(mpx_load64(&h.tail), hd):
-            raise RingError("corrupt mpx queue: a record runs past the tail")
+        if adv[0] > mpx_used(mpx_load64(&h.tail), hd) or adv[0] > self.cap:
+            raise RingError("corrupt ring record: a record runs past the tail")
         if rh.kind == MPX_REC_INLINE:
             msg = read_body(self.data, self.mask, pos + 8, rh.len, rh.nparts, rh.tag)
             if self.crash_point == CRASH_CONSUMER_AFTER_COPY:
                 kill(getpid(), SIGKILL)
             return msg
         if rh.kind != MPX_REC_OVERFLOW or rh.len != sizeof(mpx_ovf_ref):
-            raise RingError(f"corrupt mpx queue: unknown record kind {rh.kind}")
+            raise RingError(f"corrupt ring record: unknown record kind {rh.kind}")
         copy_out(<char*>&ref, self.data, self.mask, pos + 8, sizeof(ref))
         if ref.flags & MPX_OVF_AREA:
-            if ref.length > self.area_size or (ref.offset % self.area_size) + ref.length > self.area_size:
-                raise RingError("corrupt mpx queue: an overflow record points outside the area")
+            self._check_area_extent(&ref)
             msg = read_body(self._area_map(), 0, ref.offset % self.area_size, ref.length,
                             rh.nparts, rh.tag)
             if self.crash_point == CRASH_CONSUMER_AFTER_COPY:
@@ -1747,7 +1961,7 @@ cdef class Ring:
             # intact for the next one.
             self.area_taken_end = (ref.offset + ref.length + 63) & ~(<uint64_t>63)
             return msg
-        ext_len = (ref.length + self.page - 1) & ~(self.page - 1)
+        ext_len = self._check_spill_extent(&ref, not (ref.flags & MPX_OVF_TAKEN))
         if ref.flags & MPX_OVF_TAKEN:
             # A consumer copied this out and died before moving the head:
             # its message is lost with it; make sure the extent is freed.
@@ -1860,7 +2074,7 @@ cdef class Ring:
         cdef uint64_t t
         cdef bint wake = False
         cdef list out
-        self._enter()
+        cdef int pid = self._enter()
         try:
             h = self.hdr
             deadline = to_deadline(block, timeout)
@@ -1886,7 +2100,7 @@ cdef class Ring:
                 # Another consumer was first, or only the remains of a dead
                 # consumer's message were there: look again.
         finally:
-            self._leave()
+            self._leave(pid)
 
     cdef int _wait_message(self, int64_t deadline) except -1:
         """Without the consumer lock: wait until a message is there or the ring
@@ -1916,7 +2130,7 @@ cdef class Ring:
         gets drain what is there and then fail."""
         cdef mpx_ring_header* h = self.hdr
         cdef uint64_t w
-        self._enter()
+        cdef int pid = self._enter()
         try:
             for word in (0, 1):
                 while True:
@@ -1930,16 +2144,16 @@ cdef class Ring:
             mpx_futex_wake(&h.acked, INT32_MAX)
             mpx_futex_wake(mpx_lo32(&h.area_head), INT32_MAX)
         finally:
-            self._leave()
+            self._leave(pid)
 
     def drain(self):
         """Discard every message in the ring; returns how many."""
         cdef mpx_ring_header* h = self.hdr
-        cdef uint64_t hd, t, pos, adv, n = 0
+        cdef uint64_t hd, t, pos, adv, ext_len, n = 0
         cdef bint wake = False
         cdef mpx_rec_hdr rh
         cdef mpx_ovf_ref ref
-        self._enter()
+        cdef int pid = self._enter()
         try:
             self._lock(&h.cons_lock, -1, SIDE_CONSUMER)
             try:
@@ -1949,16 +2163,25 @@ cdef class Ring:
                 while pos != mpx_pos(t):
                     copy_out(<char*>&rh, self.data, self.mask, pos, 8)
                     adv = 8 + round8(rh.len)
-                    if adv > ((mpx_pos(t) - pos) & (MPX_POS_MOD - 1)):
-                        raise RingError("corrupt mpx queue: a record runs past the tail")
-                    if rh.kind == MPX_REC_OVERFLOW:
+                    if adv > ((mpx_pos(t) - pos) & (MPX_POS_MOD - 1)) or adv > self.cap:
+                        raise RingError("corrupt ring record: a record runs past the tail")
+                    if rh.kind == MPX_REC_OVERFLOW and rh.len == sizeof(mpx_ovf_ref):
+                        # A damaged record is discarded like the others, but
+                        # its extent is left alone: it may name any bytes of
+                        # the file, the header included.
                         copy_out(<char*>&ref, self.data, self.mask, pos + 8, sizeof(ref))
                         if ref.flags & MPX_OVF_AREA:
-                            self.area_taken_end = (ref.offset + ref.length + 63) & ~(<uint64_t>63)
+                            if self.area_size and ref.length <= self.area_size and \
+                                    (ref.offset % self.area_size) + ref.length <= self.area_size:
+                                self.area_taken_end = (ref.offset + ref.length + 63) & ~(<uint64_t>63)
                             n += 1
                         else:
-                            mpx_punch(self.fd, ref.offset,
-                                      (ref.length + self.page - 1) & ~(self.page - 1))
+                            try:
+                                ext_len = self._check_spill_extent(&ref, False)
+                            except RingError:
+                                ext_len = 0
+                            else:
+                                mpx_punch(self.fd, ref.offset, ext_len)
                             if not (ref.flags & MPX_OVF_TAKEN):   # else gone with a dead consumer
                                 n += 1
                     else:
@@ -1973,7 +2196,7 @@ cdef class Ring:
                     mpx_futex_wake(mpx_lo32(&h.head), INT32_MAX)
             return n
         finally:
-            self._leave()
+            self._leave(pid)
 
     # ----------------------------------------------------- task accounting
 
@@ -2017,7 +2240,7 @@ cdef class Ring:
         cdef int64_t deadline = to_deadline(True, timeout), left
         cdef uint32_t a
         cdef int r
-        self._enter()
+        cdef int pid = self._enter()
         try:
             while True:
                 a = mpx_load32(&h.acked)
@@ -2034,12 +2257,17 @@ cdef class Ring:
                     if not mpx_cas32(&h.acked, a, a | MPX_ACK_WAIT):
                         continue
                     a |= MPX_ACK_WAIT
+                if self.closing:
+                    self._closed_while_waiting()
                 with nogil:
                     r = mpx_futex_wait(&h.acked, a, left)
+                # close() from another thread wakes `acked` (see close).
+                if self.closing:
+                    self._closed_while_waiting()
                 if r == EINTR:
                     PyErr_CheckSignals()
         finally:
-            self._leave()
+            self._leave(pid)
 
     def _test_hold_lock(self, bint producer):
         """Tests only: take a side's lock and keep it (to be killed holding it)."""
@@ -2076,27 +2304,41 @@ cdef class Ring:
 
     def aux_wait(self, int i, uint32_t expected, timeout=None):
         """Sleep while aux word i equals `expected`: True when it differs
-        (or on a wake-up), False on timeout."""
-        cdef uint32_t* w = &self.hdr.aux[_aux(i)]
+        (or on a wake-up), False on timeout. Raises RingClosed if another
+        thread closes the ring meanwhile."""
+        cdef int k = _aux(i)
+        cdef uint32_t* w
         cdef int64_t deadline = to_deadline(True, timeout), left
         cdef int r
-        self._enter()
+        cdef int pid = self._enter()
+        w = &self.hdr.aux[k]
+        self.aux_waiters[k] += 1     # so that close() wakes this word
         try:
             while mpx_load32(w) == expected:
-                left = -1
+                # Slices, as every sleep here: a close() that lands between
+                # the look at `closing` and the sleep is seen at the next.
+                left = MAX_SLEEP_NS
                 if deadline >= 0:
                     left = deadline - monotonic_ns()
                     if left <= 0:
                         return False
+                    if left > MAX_SLEEP_NS:
+                        left = MAX_SLEEP_NS
+                if self.closing:
+                    self._closed_while_waiting()
                 with nogil:
                     r = mpx_futex_wait(w, expected, left)
+                if self.closing:
+                    self._closed_while_waiting()
                 if r == EINTR:
                     PyErr_CheckSignals()
                 elif r == 0:
                     return True
             return True
         finally:
-            self._leave()
+            if self.aux_waiters[k]:
+                self.aux_waiters[k] -= 1
+            self._leave(pid)
 
 
 cdef inline int _aux(int i) except -1:

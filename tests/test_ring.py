@@ -658,6 +658,282 @@ def test_many_producers_many_consumers_exactly_once():
     r.close()
 
 
+# -------------------------------------------- close racing blocked calls
+
+def _blocked_call(call, closer, join=5):
+    """Run `call` in a thread, wait until it is blocked, run `closer`;
+    returns (the exception the call raised or its result, seconds it took to
+    finish after the close)."""
+    out = []
+
+    def run():
+        try:
+            out.append(call())
+        except BaseException as e:                  # noqa: BLE001 - returned and checked
+            out.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.2)
+    assert not out, f"the call did not block: {out}"
+    t = time.monotonic()
+    closer()
+    th.join(join)
+    assert not th.is_alive(), "the blocked call did not wake"
+    return out[0], time.monotonic() - t
+
+
+def _close_under_blocked_call(r, what):
+    # In a forked child: a thread of the child blocks in the ring and the
+    # main thread closes it. The call must raise RingClosed, not find the
+    # memory unmapped under it (SIGSEGV): the busy count is per process.
+    if what == "get":
+        call = lambda: r.get(timeout=10)                        # noqa: E731
+    else:
+        while True:
+            try:
+                r.put(b"f" * 1000, block=False)
+            except RingFull:
+                break
+        call = lambda: r.put(b"f" * 1000, timeout=10)           # noqa: E731
+    err, took = _blocked_call(call, r.close)
+    assert isinstance(err, ringmod.RingClosed), repr(err)
+    assert took < 3
+
+
+@pytest.mark.parametrize("what", ["get", "put"])
+def test_close_in_a_forked_child_while_its_thread_waits(what):
+    r = new_ring(4096)
+    assert run_child(_close_under_blocked_call, r, what) == 0
+    r.close()
+
+
+def _close_with_parents_count(r, fd):
+    # Forked while a thread of the parent was inside the ring: that thread
+    # does not exist here, so close() must unmap and close at once rather
+    # than wait for it to leave.
+    r.close()
+    assert r.closed
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_forked_child_does_not_inherit_the_parents_busy_calls():
+    r = new_ring()
+    got = []
+    th = threading.Thread(target=lambda: got.append(r.get(timeout=10)))
+    th.start()
+    time.sleep(0.1)                                 # the parent's thread is in get()
+    assert run_child(_close_with_parents_count, r, r.fd) == 0
+    r.put(b"wake")
+    th.join(5)
+    assert got == [b"wake"]
+    r.close()
+
+
+def test_close_during_a_long_spin_raises_ringclosed_at_once():
+    # A call spinning (here for up to half a second) must notice close()
+    # at once and raise RingClosed: an OSError, as the shm Pipe's recv (this
+    # ring's recv_obj) must raise for a closed end.
+    r = new_ring()
+    r.spin_max_ns = 500_000_000
+    err, took = _blocked_call(lambda: r.get(timeout=10), r.close)
+    assert isinstance(err, ringmod.RingClosed) and isinstance(err, OSError), repr(err)
+    assert took < 0.3
+
+
+def test_close_wakes_wait_acked_and_aux_wait():
+    r = new_ring()
+    r.put(b"task")
+    err, took = _blocked_call(lambda: r.wait_acked(timeout=10), r.close)
+    assert isinstance(err, ringmod.RingClosed), repr(err)
+    assert took < 0.5
+    r = new_ring()
+    err, took = _blocked_call(lambda: r.aux_wait(3, 0), r.close)   # no timeout
+    assert isinstance(err, ringmod.RingClosed), repr(err)
+    assert took < 0.5
+
+
+def test_recv_obj_keeps_its_owner_alive_for_the_call():
+    import gc
+    import weakref
+
+    class Owner:
+        pass
+
+    r = new_ring()
+    r.dec_loads = bytes
+    r.recv_wait = 10.0
+    owner = Owner()
+    gone = []
+    r.owner = weakref.ref(owner, lambda _: gone.append(True))
+    got = []
+    th = threading.Thread(target=lambda: got.append(r.recv_obj()))
+    th.start()
+    time.sleep(0.2)                                 # blocked in recv_obj
+    del owner
+    gc.collect()
+    assert not gone                                 # the call holds it
+    r.put(b"x")
+    th.join(10)
+    assert got == [b"x"] and gone                   # released with the call
+    with pytest.raises(TypeError, match="weakref"):
+        r.owner = object()
+    r.owner = None
+    r.close()
+
+
+# ------------------------------------- a lock held by a live process
+
+def _hold_lock_until(r, producer, held, release):
+    r._test_hold_lock(producer)
+    held.set()
+    release.wait(20)
+    r._test_release_lock(producer)
+
+
+@pytest.mark.parametrize("producer", [True, False], ids=["producer", "consumer"])
+def test_nonblocking_calls_do_not_wait_for_a_held_lock(producer):
+    # Another process holds the side's lock (stopped mid-copy, say): a call
+    # that must not block answers Full/Empty at once, a timed call within
+    # its timeout; once the lock is free, both work again.
+    r = new_ring(8192)
+    r.put(b"m")
+    held, release = FORK.Event(), FORK.Event()
+    p = FORK.Process(target=_hold_lock_until, args=(r, producer, held, release))
+    p.start()
+    try:
+        assert held.wait(10)
+        if producer:
+            calls = [(RingFull, lambda: r.put(b"n", block=False)),
+                     (RingFull, lambda: r.put(b"n", timeout=0)),
+                     (RingFull, lambda: r.put(b"n", timeout=0.2))]
+        else:
+            calls = [(RingEmpty, lambda: r.get(block=False)),
+                     (RingEmpty, lambda: r.get(timeout=0)),
+                     (RingEmpty, lambda: r.get_many(block=False)),
+                     (RingEmpty, lambda: r.get(timeout=0.2))]
+        for exc, call in calls:
+            t = time.monotonic()
+            with pytest.raises(exc):
+                call()
+            assert time.monotonic() - t < 0.6
+        if producer:
+            t = time.monotonic()
+            assert r.put_many([b"n"], block=False) == 0
+            assert time.monotonic() - t < 0.6
+    finally:
+        release.set()
+        p.join(10)
+    assert p.exitcode == 0
+    if producer:
+        r.put(b"n", block=False)
+        assert r.get_many() == [b"m", b"n"]
+    else:
+        assert r.get(block=False) == b"m"
+    r.close()
+
+
+# ------------------------------------ damaged or truncated ring files
+
+# File offset of the overflow reference {offset, length, flags} of a fresh
+# ring's first record (its 8-byte header sits at the start of the data area).
+REF = HDR + 8
+
+
+def _get_fails_cleanly(r, match):
+    # Run in a child: before the checks, reading such a record was a SIGBUS.
+    with pytest.raises(RingError, match=match):
+        r.get(timeout=2)
+
+
+def _put_fails_cleanly(r, msg, match):
+    with pytest.raises(RingError, match=match):
+        r.put(msg, timeout=2)
+
+
+@pytest.mark.parametrize("offset", ["past_end", "header", "unaligned"])
+def test_a_corrupt_spill_record_is_an_error_not_a_crash(offset):
+    r = new_ring(4096, area=0)
+    r.put(b"x" * 10_000)                            # spills
+    off, length, flags = struct.unpack("<QQQ", os.pread(r.fd, 24, REF))
+    assert length == 10_000 and flags == 0
+    bad = {"past_end": off + (1 << 30), "header": 0, "unaligned": off + 8}[offset]
+    os.pwrite(r.fd, struct.pack("<Q", bad), REF)
+    header = os.pread(r.fd, 64, 0)
+    assert run_child(_get_fails_cleanly, r, "corrupt ring record") == 0
+    assert os.pread(r.fd, 64, 0) == header          # nothing punched in the header
+    assert r.qsize() == 1                           # the record stays (its error too)
+    with pytest.raises(RingError, match="corrupt ring record"):
+        r.get(timeout=1)
+    assert r.drain() == 1                           # drain discards it, punches nothing
+    assert os.pread(r.fd, 64, 0) == header
+    r.put(b"after")
+    assert r.get() == b"after"
+    r.close()
+
+
+def test_an_area_record_in_a_ring_without_area_is_an_error():
+    r = new_ring(4096, area=0)
+    r.put(b"x" * 10_000)
+    os.pwrite(r.fd, struct.pack("<Q", 2), REF + 16)     # flags: MPX_OVF_AREA
+    with pytest.raises(RingError, match="corrupt ring record"):
+        r.get(timeout=1)
+    r.close()
+
+
+@pytest.mark.parametrize("area", [None, 0], ids=["area", "spill"])
+def test_a_truncated_ring_file_is_an_error_not_a_crash(area):
+    r = new_ring(4096, area=area)
+    r.put(b"y" * 10_000)                            # in the area, or a spill extent
+    os.ftruncate(r.fd, HDR + 4096 + 4096)          # cuts into the extent
+    assert run_child(_get_fails_cleanly, r, "corrupt ring record") == 0
+    r.close()
+
+
+def test_a_producer_never_writes_into_a_truncated_area():
+    r = new_ring(4096)
+    r.put(b"y" * 10_000)
+    assert r.get() == b"y" * 10_000                 # the area now has pages...
+    os.ftruncate(r.fd, HDR + 4096)                 # ...which another process cut off
+    assert run_child(_put_fails_cleanly, r, b"z" * 3000, "shorter") == 0
+    r.close()
+
+
+# ------------------------------------------------------------ is_full
+
+def test_is_full_when_no_real_message_fits():
+    # Two records leave 8 bytes free: room for an empty message only, which
+    # no queue sends (an object's encoding is never empty). Every put of a
+    # real message would wait, so the ring is full.
+    r = new_ring(4096)
+    r.put(b"a" * 2040)                              # record: 8 + 2040
+    assert not r.is_full()
+    r.put(b"b" * 2032)                              # record: 8 + 2032; 8 bytes left
+    assert r.used_bytes() == 4088
+    assert r.is_full()
+    with pytest.raises(RingFull):
+        r.put(b"c", block=False)
+    r.get()
+    assert not r.is_full()
+    r.close()
+
+
+# --------------------------------------------------------- environment
+
+@pytest.mark.parametrize("var, value", [("MPX_SPIN_US", "abc"), ("MPX_SPIN_US", "-5"),
+                                        ("MPX_SPIN_YIELD", "sometimes")])
+def test_a_bad_tuning_variable_is_a_clear_error(var, value):
+    import subprocess
+    import sys
+    env = dict(os.environ, **{var: value})
+    p = subprocess.run([sys.executable, "-c", "import mpx._ext.ring"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert var in last and repr(value) in last, last
+
+
 # ------------------------------------------------ kills at chosen points
 
 def _crash_put(r, point, msg):
@@ -774,16 +1050,20 @@ def test_consumer_killed_after_taking_a_spilled_message():
     r.close()
 
 
+@pytest.mark.parametrize("block", [True, False], ids=["timed", "nonblocking"])
 @pytest.mark.parametrize("producer", [True, False], ids=["producer", "consumer"])
-def test_lock_holder_killed_does_not_wedge(producer):
+def test_lock_holder_killed_does_not_wedge(producer, block):
+    # A dead holder is repaired at the first try, also by a call that must
+    # not wait (which otherwise gives up on a held lock).
     r = new_ring()
     r.put(b"m")
     assert run_child(_hold_and_die, r, producer) == -signal.SIGKILL
     t = time.monotonic()
     if producer:
-        r.put(b"n", timeout=5)
+        r.put(b"n", block=block, timeout=5 if block else None)
+        assert r.get_many() == [b"m", b"n"]
     else:
-        assert r.get(timeout=5) == b"m"
+        assert r.get(block=block, timeout=5 if block else None) == b"m"
     assert time.monotonic() - t < 1
     assert r.info()["repairs"] == 1
     r.close()

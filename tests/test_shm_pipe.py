@@ -572,9 +572,14 @@ def test_reader_sees_eof_at_once_when_the_writer_exits_without_closing():
 
 # ------------------------------------------------------------------ threads and signals
 
-def test_close_wakes_a_thread_blocked_in_recv():
+@pytest.mark.parametrize("spin, wait", [(None, 0.1), (0.5, 0.05)],
+                         ids=["asleep", "in_the_spin"])
+def test_close_wakes_a_thread_blocked_in_recv(spin, wait):
+    # Whether the reader sleeps in epoll already or (long spin) is still in
+    # the ring's compiled wait, a close from another thread wakes it at once
+    # with an OSError, as with a stdlib connection's closed handle.
     ctx = mpx.get_context("fork")
-    a, b = shm_pipe(ctx)
+    a, b = shm_pipe(ctx, spin=spin)
     errors = []
 
     def blocked():
@@ -585,13 +590,41 @@ def test_close_wakes_a_thread_blocked_in_recv():
 
     t = threading.Thread(target=blocked)
     t.start()
-    time.sleep(0.1)
+    time.sleep(wait)
+    start = time.monotonic()
     b.close()
     t.join(10)
     assert not t.is_alive()
-    assert errors and isinstance(errors[0], OSError)
+    assert errors and isinstance(errors[0], OSError), errors
+    assert time.monotonic() - start < 0.3
     a.close()
 
+
+def test_a_blocked_recv_keeps_its_end_alive():
+    # As with any Python object (and a stdlib Connection), the bound method
+    # a thread is blocked in keeps the end alive when the program drops it:
+    # the thread gets the next message, not a "closed" error.
+    import gc
+    ctx = mpx.get_context("fork")
+    a, b = shm_pipe(ctx)
+    got = []
+
+    def run(recv):
+        try:
+            got.append(recv())
+        except Exception as e:
+            got.append(e)
+
+    t = threading.Thread(target=run, args=(b.recv,))
+    t.start()
+    time.sleep(0.2)                 # blocked in recv
+    del b
+    gc.collect()
+    a.send("hello")
+    t.join(10)
+    assert not t.is_alive()
+    assert got == ["hello"]
+    a.close()
 
 def test_ctrl_c_interrupts_a_blocked_recv():
     ctx = mpx.get_context("fork")

@@ -31,6 +31,7 @@ Messages in the ring: see ``_ring_codec`` (shared with the shm queues);
 two apart either.
 """
 
+import weakref
 from multiprocessing import reduction
 
 from . import _ring_channel, _ring_codec
@@ -71,9 +72,16 @@ class Connection:
         # back when an end stops reading or is closed; a call racing a
         # close() in another thread gets the ring's RingClosed, an OSError
         # like the stdlib's "handle is closed".
+        # Each ring keeps this end alive for the length of a send_obj or
+        # recv_obj call (ring.owner), as a bound method of the class would:
+        # a thread blocked in recv() of an end the program has dropped gets
+        # the next message instead of the end closing under it (__del__).
+        me = weakref.ref(self)
         if self._writable:
+            self._chan.out_ring.owner = me
             self.send = self._chan.out_ring.send_obj
         if self._readable:
+            self._chan.in_ring.owner = me
             self.recv = self._chan.in_ring.recv_obj
 
     def _unbind(self):
