@@ -15,11 +15,8 @@ The first byte of every kernel message says what it holds:
   default serializer produces travels as it is: no copy to add a header on
   put, none to strip it on get.
 - ``0x00``: the object is ``msg[1:]`` (a serializer whose output starts with
-  another byte).
-- ``0x02``: ``msg[1:]`` is the compact encoding (``cython_src/compact.pxi``,
-  the one the shm rings use) of a small value made only of exact builtins.
-  Only the pickle serializers use it: it gives back an object equal to the
-  one pickle would, at a fraction of pickle's cost on both sides.
+  another byte; a text serializer's ``str`` as UTF-8, see
+  ``_serial.wire_bytes``).
 - ``0x01``: ``msg[1:]`` is the ASCII suffix ``PID.N`` of a side segment
   ``/dev/shm/mpx-mqside.<TAG16>.PID.N`` that holds the serialized object. It
   is used when the object does not fit in one kernel message (POSIX
@@ -29,6 +26,10 @@ The first byte of every kernel message says what it holds:
   it, so the window in which a killed receiver can leave one behind is a few
   system calls wide, and ``unlink()`` / ``python -m mpx rm`` sweep every
   segment of the queue by its prefix.
+- ``0x02``: ``msg[1:]`` is the compact encoding (``cython_src/compact.pxi``,
+  the one the shm rings use) of a small value made only of exact builtins.
+  Only the pickle serializers use it: it gives back an object equal to the
+  one pickle would, at a fraction of pickle's cost on both sides.
 
 Priorities
 ----------
@@ -88,8 +89,8 @@ MIN_MSGSIZE = 64
 
 RAW = b"\x80"        # first byte: the message is the serialized object itself
 INLINE = b"\x00"     # first byte: the object follows
-COMPACT = b"\x02"    # first byte: the object's compact encoding follows
 SIDE = b"\x01"       # first byte: the name of a side segment follows
+COMPACT = b"\x02"    # first byte: the object's compact encoding follows
 
 # How long an opener waits for a queue another process is creating (tag in
 # state INIT) or removing (state DEAD) before it reports the problem.
