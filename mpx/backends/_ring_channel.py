@@ -464,7 +464,6 @@ class Channel:
 
     def _recv_when_empty(self):
         """recv_obj after the ring's spin and nap found nothing: sleep."""
-        ring = self._in
         try:
             return self.decode(self._recv_slow(None, False))
         finally:
