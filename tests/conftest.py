@@ -9,6 +9,12 @@
 - `wait_for(predicate)`: poll a condition until it holds or time runs out.
 - Every test is bounded (pytest-timeout, set in pytest.ini) and faulthandler
   dumps the stacks of a hung test.
+- `attacker` (session): another local user, created for the run with
+  useradd and removed after it; ``attacker.run(func, *args)`` runs `func` in
+  a forked child that has dropped to that user (the interpreter of the test
+  run cannot be exec'd by other users here: /root is 0700) and returns its
+  result or re-raises its exception. Skips with the reason where users
+  cannot be created.
 - `no_leaks` (autouse) fails a test that leaves files in /dev/shm or
   /dev/mqueue, SysV ids, records of named objects, or child processes.
 """
@@ -24,9 +30,15 @@ import pytest
 faulthandler.enable()
 
 # Named-object records of the test run go to a private directory, so tests
-# never see (or disturb) the machine's real record.
-_NAMES_DIR = tempfile.mkdtemp(prefix="mpx-test-names-")
-os.environ["MPX_NAMES_DIR"] = _NAMES_DIR
+# never see (or disturb) the machine's real record. Spawned children import
+# this file too: they inherit the parent's directory instead of making one.
+_OWN_NAMES_DIR = "MPX_NAMES_DIR" not in os.environ or not os.environ.get("MPX_TEST_NAMES_OWNER")
+if _OWN_NAMES_DIR:
+    _NAMES_DIR = tempfile.mkdtemp(prefix="mpx-test-names-")
+    os.environ["MPX_NAMES_DIR"] = _NAMES_DIR
+    os.environ["MPX_TEST_NAMES_OWNER"] = str(os.getpid())
+else:
+    _NAMES_DIR = os.environ["MPX_NAMES_DIR"]
 
 import mpx  # noqa: E402  (after MPX_NAMES_DIR is set)
 from mpx import backends as _registry  # noqa: E402
@@ -197,9 +209,99 @@ def pytest_addoption(parser):
 
 def pytest_sessionfinish(session, exitstatus):
     import shutil
-    shutil.rmtree(_NAMES_DIR, ignore_errors=True)
+    if _OWN_NAMES_DIR:
+        shutil.rmtree(_NAMES_DIR, ignore_errors=True)
     before = getattr(session.config, "_mpx_queues_before", None)
     after = _all_posix_queues() if before is not None else None
     if after is not None and after - before:
         sys.stderr.write(f"\nmpx tests left POSIX message queues behind: {sorted(after - before)}\n")
         session.exitstatus = 1
+
+
+# --- another local user, for the cross-user (attacker) tests ---------------
+
+class OtherUser:
+    """A throwaway unprivileged user: name, uid, gid, and run()."""
+
+    def __init__(self, name, uid, gid, names_dir):
+        self.name, self.uid, self.gid, self.names_dir = name, uid, gid, names_dir
+
+    def run(self, func, *args, timeout=60):
+        """func(*args) in a forked child running as this user; its return
+        value (pickled back), or its exception re-raised here."""
+        import pickle
+        import select
+        import signal
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:                            # the attacker
+            code = 1
+            try:
+                os.close(rfd)
+                os.setgroups([])
+                os.setresgid(self.gid, self.gid, self.gid)
+                os.setresuid(self.uid, self.uid, self.uid)
+                os.environ["MPX_NAMES_DIR"] = self.names_dir
+                os.environ["HOME"] = self.names_dir
+                try:
+                    result = ("ok", func(*args))
+                except BaseException as e:      # carried back to the test
+                    result = ("raised", e)
+                try:
+                    data = pickle.dumps(result)
+                except Exception as e:
+                    data = pickle.dumps(("raised", RuntimeError(
+                        f"attacker's result cannot be pickled: {e!r}")))
+                with os.fdopen(wfd, "wb") as f:
+                    f.write(data)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([rfd], [], [], left)[0]:
+                    os.kill(pid, signal.SIGKILL)
+                    raise TimeoutError(f"the attacker's part did not finish in {timeout} s")
+                chunk = os.read(rfd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(rfd)
+            os.waitpid(pid, 0)
+        if not chunks:
+            raise RuntimeError("the attacker's process died without a result")
+        how, value = pickle.loads(b"".join(chunks))
+        if how == "raised":
+            raise value
+        return value
+
+
+@pytest.fixture(scope="session")
+def attacker():
+    import shutil
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("cross-user tests need root to create a throwaway user")
+    if not shutil.which("useradd") or not shutil.which("userdel"):
+        pytest.skip("cross-user tests need useradd/userdel to create a throwaway user")
+    import pwd
+    name = f"mpxatk{os.getpid() % 100000}"
+    out = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                          "--user-group", name], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.skip(f"cannot create a throwaway user here: {out.stderr.strip()}")
+    try:
+        pw = pwd.getpwnam(name)
+        names_dir = tempfile.mkdtemp(prefix="mpx-test-attacker-")
+        os.chown(names_dir, pw.pw_uid, pw.pw_gid)
+        try:
+            yield OtherUser(name, pw.pw_uid, pw.pw_gid, names_dir)
+        finally:
+            shutil.rmtree(names_dir, ignore_errors=True)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=60)

@@ -1,0 +1,37 @@
+"""The one reading of ``block``/``timeout`` that every mpx wait shares.
+
+As in ``multiprocessing``: ``timeout=None`` waits for ever, a number waits
+that many seconds on the monotonic clock, and ``block=False`` does not wait.
+mpx adds what the stdlib leaves to chance: ``float("inf")`` also waits for
+ever, NaN is a ValueError at once (it compares false with everything, so
+loops built on ``<`` would spin or never end), a negative timeout is a
+ValueError and something that is not a number is a TypeError.
+"""
+
+import math
+
+__all__ = ["seconds"]
+
+
+def seconds(timeout, block=True, what="timeout"):
+    """The wait to make: 0.0 when not blocking, None for ever, else seconds."""
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    kind = type(timeout)
+    if isinstance(timeout, (str, bytes, bytearray)) or not (
+            hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError(f"{what} must be a number of seconds or None, "
+                        f"not {kind.__name__}")
+    try:
+        value = float(timeout)
+    except OverflowError:           # an int too large for a float: for ever
+        return None
+    if math.isnan(value):
+        raise ValueError(f"{what} must be a number of seconds or None, not NaN")
+    if value < 0:
+        raise ValueError(f"{what} must be a non-negative number of seconds, not {timeout!r}")
+    if math.isinf(value):
+        return None
+    return value
