@@ -1,28 +1,39 @@
-"""Build mpx: every cython_src/NAME.pyx becomes the extension mpx._ext.NAME.
+"""Build mpx's compiled core: every cython_src/NAME.pyx becomes mpx._ext.NAME.
 
-A compile failure is an install failure: there is no pure-Python fallback,
-because the fast path is the reason mpx exists.
+The project's metadata lives in pyproject.toml; this file only says how to
+compile. A compile failure is an install failure, and so is a source tree
+with nothing to compile (an sdist that lost its Cython sources): there is no
+pure-Python fallback, because the fast path is the reason mpx exists.
 """
 import glob
 import os
+import sys
 
-from setuptools import Extension, find_packages, setup
-from Cython.Build import cythonize
+from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = "cython_src"
+# The modules mpx cannot work without; a tree missing one is incomplete.
+REQUIRED = ("ring", "sync")
 
 
 def extensions():
-    exts = []
-    for pyx in sorted(glob.glob(os.path.join(SRC, "*.pyx"))):
-        stem = os.path.splitext(os.path.basename(pyx))[0]
-        exts.append(Extension(
-            "mpx._ext." + stem,
-            [pyx],
-            include_dirs=[SRC],
-            extra_compile_args=["-O2"],
-        ))
+    found = sorted(glob.glob(os.path.join(HERE, SRC, "*.pyx")))
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in found]
+    missing = [s for s in REQUIRED if s not in stems]
+    if missing:
+        sys.exit(f"mpx: cannot build: {SRC}/ lacks "
+                 + ", ".join(f"{s}.pyx" for s in missing)
+                 + f" (looked in {os.path.join(HERE, SRC)}). The Cython sources are part "
+                 "of every sdist and checkout of mpx; this one is incomplete.")
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        sys.exit("mpx: cannot build: Cython 3 is needed (pip install 'Cython>=3.0'; "
+                 "pip does this by itself unless build isolation is turned off)")
+    exts = [Extension("mpx._ext." + stem, [os.path.join(SRC, stem + ".pyx")],
+                      include_dirs=[SRC], extra_compile_args=["-O2"])
+            for stem in stems]
     return cythonize(
         exts,
         include_path=[SRC],
@@ -32,25 +43,4 @@ def extensions():
     )
 
 
-def read(name):
-    with open(os.path.join(HERE, name), encoding="utf-8") as f:
-        return f.read()
-
-
-setup(
-    name="mpx",
-    version="0.1.0",
-    description="A faster, safer drop-in extension of Python's multiprocessing",
-    long_description=read("README.md"),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["mpx", "mpx.*"]),
-    ext_modules=extensions(),
-    install_requires=["cloudpickle>=2.0", "posix_ipc>=1.1", "sysv_ipc>=1.1", "numpy>=1.22"],
-    extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "psutil>=5.9"],
-        "bench": ["faster-fifo>=1.4", "pyzmq>=25", "matplotlib>=3.5"],
-    },
-    entry_points={"console_scripts": ["mpx=mpx.__main__:main"]},
-    zip_safe=False,
-)
+setup(ext_modules=extensions())

@@ -16,6 +16,7 @@ its own (``mpx.context``, ``mpx.connection``, ``mpx.queues``,
 import importlib
 import importlib.abc
 import importlib.util
+import logging as _logging
 import multiprocessing as _mp
 import sys
 
@@ -23,8 +24,12 @@ from . import connection, context as _context, queues
 from . import backends   # callable: mpx.backends() is the table
 from ._serial import SerializationError
 from .queues import ShutDown
+from ._version import __version__
 
-__version__ = "0.1.0"
+# mpx's own warnings (a named object it could not record, a refused
+# connection, ...) go to the "mpx" logger; as a library, mpx prints nothing
+# unless the program configures logging.
+_logging.getLogger("mpx").addHandler(_logging.NullHandler())
 
 _default = _context.default_context
 
@@ -45,7 +50,7 @@ del _name
 def __getattr__(name):
     # SharedArray needs numpy; import it (and numpy) only when first used.
     if name == "SharedArray":
-        from .sharedarray import SharedArray
+        SharedArray = _context.sharedarray_class()
         globals()["SharedArray"] = SharedArray
         return SharedArray
     raise AttributeError(f"module 'mpx' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The mpx command line: ``python -m mpx {bench,ls,rm} ...``."""
+"""The mpx command line: ``python -m mpx {bench,backends,ls,rm} ...``."""
 
 import argparse
 import importlib
@@ -9,6 +9,7 @@ import sys
 # command's module is imported, so one command's trouble never breaks another.
 COMMANDS = {
     "bench": ("mpx._bench", "compare mpx with multiprocessing, faster-fifo, pyzmq, ..."),
+    "backends": ("mpx.backends._cli", "show the backends, what each offers here, and the defaults"),
     "ls": ("mpx._objects", "list the named mpx objects on this machine"),
     "rm": ("mpx._objects", "remove named mpx objects"),
 }

@@ -27,6 +27,20 @@ from . import backends as _registry
 __all__ = ["MpxContext", "MpxDefaultContext", "get_context", "default_context"]
 
 
+
+def sharedarray_class():
+    """mpx.sharedarray.SharedArray, or an ImportError that says how to get
+    numpy, which SharedArray needs and mpx itself does not."""
+    try:
+        from .sharedarray import SharedArray
+    except ModuleNotFoundError as e:
+        if e.name != "numpy":
+            raise
+        raise ModuleNotFoundError(
+            "mpx.SharedArray needs numpy, which is not installed: "
+            "pip install 'mpx[numpy]' (or numpy itself)", name="numpy") from None
+    return SharedArray
+
 class _MpxFactories:
     """The families mpx implements, as methods of an mpx context."""
 
@@ -58,8 +72,7 @@ class _MpxFactories:
 
     def SharedArray(self, shape, dtype=float, *, backend=None, **kwargs):
         """A numpy array in shared memory (see :class:`mpx.sharedarray.SharedArray`)."""
-        from .sharedarray import SharedArray
-        return SharedArray(shape, dtype, backend=backend, **kwargs)
+        return sharedarray_class()(shape, dtype, backend=backend, **kwargs)
 
     def Manager(self, *, backend=None, address=None, authkey=None, serializer=None,
                 **kwargs):

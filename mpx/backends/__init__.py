@@ -24,7 +24,7 @@ import os
 import sys
 import types
 
-__all__ = ["FAMILIES", "BACKENDS", "PREFERENCE", "backends", "resolve", "default_backend"]
+__all__ = ["FAMILIES", "BACKENDS", "PREFERENCE", "BackendTable", "backends", "resolve", "default_backend"]
 
 # The object families, in the order the docs list them.
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue",
@@ -108,10 +108,36 @@ def _provides(name):
     return tuple(f for f in FAMILIES if _module_for(name, f) is not None)
 
 
+class BackendTable(list):
+    """``mpx.backends()``'s value: a list of row dicts (data for programs)
+    that prints as a table (for people)."""
+
+    def __str__(self):
+        defaults = {}
+        for family in FAMILIES:
+            try:
+                defaults.setdefault(default_backend(family), []).append(family)
+            except ValueError:
+                pass
+        header = ("BACKEND", "FAMILIES", "DEFAULT FOR", "ABOUT")
+        lines = [header]
+        for row in self:
+            note = row["description"] if row["available"] else (
+                "unavailable: " + (row["reason"] or "provides nothing here"))
+            lines.append((row["name"], ", ".join(row["families"]) or "-",
+                          ", ".join(defaults.get(row["name"], ())) or "-", note))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        return "\n".join("  ".join([c.ljust(w) for c, w in zip(line, widths)] + [line[-1]])
+                         .rstrip() for line in lines)
+
+    __repr__ = __str__
+
+
 def backends():
     """The registry as a list of rows, one per known backend:
-    ``{"name", "available", "reason", "families", "description"}``."""
-    rows = []
+    ``{"name", "available", "reason", "families", "description"}``; printed,
+    it is a table with each family's default backend here."""
+    rows = BackendTable()
     for name, (description, _) in BACKENDS.items():
         families = _provides(name)
         reasons = [r for _, r in _modules(name) if r]
