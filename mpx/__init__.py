@@ -11,6 +11,10 @@ The stdlib submodules people import (``mpx.pool``, ``mpx.shared_memory``,
 ``mpx.synchronize``, ...) are the stdlib's modules themselves unless mpx has
 its own (``mpx.context``, ``mpx.connection``, ``mpx.queues``,
 ``mpx.managers``).
+
+Typed: the ``.pyi`` stubs beside the modules (and ``py.typed``) give every
+name its type, and the queue factories take the item type at run time as
+well: ``q: mpx.Queue[int] = mpx.Queue[int](maxsize=8)``.
 """
 
 import importlib

@@ -5,6 +5,8 @@ Every public name of the stdlib module is here (``Listener``, ``Client``,
 ``serializer=``. Other (private) names are looked up in the stdlib module.
 """
 
+import sys
+import types
 import multiprocessing.connection as _std
 
 from .context import default_context as _default
@@ -14,6 +16,66 @@ __all__ = list(_std.__all__)
 for _name in __all__:
     globals()[_name] = getattr(_std, _name)
 del _name
+
+
+# mpx.connection.Connection has three jobs, and the stdlib's class itself
+# (which this name used to be) can do only the first two:
+#  1. Connection(handle, readable=True, writable=True) builds a stdlib
+#     connection, as CPython code and programs do; the object must be
+#     exactly multiprocessing.connection.Connection, since pickling looks
+#     up its reducer by exact type (copyreg, ForkingPickler).
+#  2. isinstance(obj, Connection) is true for every stdlib connection, and
+#     so for the pipe and fifo backends' ends (they subclass it).
+#  3. Connection[bytes] works at run time, as the stubs make it generic.
+# Giving the stdlib class a __class_getitem__ would do it, but would change
+# the stdlib for every program that imports mpx. So this is a subclass with
+# a metaclass: calling the class itself gives the stdlib object (a user's
+# subclass is built as usual), and its instance checks ask the stdlib class.
+# They also accept the shm backend's ends, which have the same API without
+# a stdlib base (they hold rings, not one descriptor): every end mpx.Pipe
+# returns is then a Connection, which is what the stubs declare. Its class
+# is looked up in sys.modules only, because no such end can exist before
+# that module is imported; the surface never imports a backend for this.
+_API_ONLY = (("mpx.backends.shm_pipe", "Connection"),)
+
+
+def _is_connection_class(cls):
+    if issubclass(cls, _std.Connection):
+        return True
+    for modname, clsname in _API_ONLY:
+        module = sys.modules.get(modname)
+        if module is not None and issubclass(cls, getattr(module, clsname)):
+            return True
+    return False
+
+
+class _ConnectionType(type):
+    def __call__(cls, *args, **kwargs):
+        if cls is Connection:
+            return _std.Connection(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def __instancecheck__(cls, obj):
+        if cls is Connection:
+            return _is_connection_class(type(obj))
+        return super().__instancecheck__(obj)
+
+    def __subclasscheck__(cls, sub):
+        if cls is Connection:
+            return _is_connection_class(sub)   # TypeError for a non-class, as before
+        return super().__subclasscheck__(sub)
+
+
+class Connection(_std.Connection, metaclass=_ConnectionType):
+    """A connection end (``multiprocessing.connection.Connection`` API).
+
+    ``Connection(handle, readable=True, writable=True)`` makes a stdlib
+    connection on an OS descriptor; ``isinstance(end, Connection)`` holds for
+    those and for every end :func:`Pipe` returns, whatever its backend.
+    ``Connection[T]`` is for type checkers: ends that send and receive T.
+    """
+
+    __class_getitem__ = classmethod(types.GenericAlias)
 
 
 def Pipe(duplex=True, *, backend=None, serializer=None, **kwargs):

@@ -18,8 +18,10 @@ Names this module does not define are looked up in
 every X the stdlib module has.
 """
 
+import inspect
 import multiprocessing
 import multiprocessing.context as _std
+import types
 
 from . import _serial
 from . import backends as _registry
@@ -41,6 +43,90 @@ def sharedarray_class():
             "pip install 'mpx[numpy]' (or numpy itself)", name="numpy") from None
     return SharedArray
 
+
+class _BoundFactory:
+    # What ``ctx.Queue`` (and so ``mpx.Queue``) is: the bound method
+    # ``types.MethodType(func, ctx)`` would be, plus ``__getitem__``, so that
+    # ``mpx.Queue[int]`` works at run time as it does for type checkers (the
+    # stubs declare ``mpx.Queue`` a generic class, as typeshed does for
+    # ``multiprocessing.Queue``). A bound method cannot be subscripted, and
+    # ``types.MethodType`` cannot be subclassed, hence this small class that
+    # keeps a method's interface: ``__func__``/``__self__`` (which
+    # tests/test_surface.py checks), the function's attributes (``__name__``,
+    # ``__doc__``, ...), equality, the pickled form ``getattr(ctx, name)``,
+    # and ``__get__`` returning itself (stored on a class, it stays bound).
+    # The type argument exists only for the checker: ``mpx.Queue[int](...)``
+    # is ``mpx.Queue(...)``, as ``list[int]()`` is ``list()``.
+    # (No class docstring: ``__doc__`` below is the function's, as a bound
+    # method's is.)
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, func, ctx):
+        self.__func__ = func
+        self.__self__ = ctx
+
+    def __call__(self, /, *args, **kwargs):
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def __getitem__(self, item):
+        return self
+
+    def __get__(self, obj, objtype=None):
+        return self
+
+    def __getattr__(self, name):
+        # Only reached for names the class lacks: __name__, __qualname__,
+        # __defaults__, ... come from the function, as for a bound method.
+        # (An object whose slots were never set must not recurse here.)
+        if name in _BoundFactory.__slots__:
+            raise AttributeError(name)
+        return getattr(self.__func__, name)
+
+    @property
+    def __doc__(self):
+        return self.__func__.__doc__
+
+    @property
+    def __wrapped__(self):
+        return types.MethodType(self.__func__, self.__self__)
+
+    @property
+    def __signature__(self):
+        # inspect.signature and help() show the call without `self`.
+        return inspect.signature(self.__wrapped__)
+
+    def __eq__(self, other):
+        if not isinstance(other, _BoundFactory):
+            return NotImplemented
+        return self.__func__ is other.__func__ and self.__self__ is other.__self__
+
+    def __hash__(self):
+        return hash((self.__func__, id(self.__self__)))
+
+    def __reduce__(self):
+        return (getattr, (self.__self__, self.__func__.__name__))
+
+    def __repr__(self):
+        return f"<bound factory {self.__func__.__qualname__} of {self.__self__!r}>"
+
+
+class _family:
+    """Decorator for the context methods that make generic objects (the
+    queues): on a context the method is a :class:`_BoundFactory`; on the
+    class, the plain function, as for any method."""
+
+    __slots__ = ("__func__",)
+
+    def __init__(self, func):
+        self.__func__ = func
+
+    def __get__(self, ctx, owner=None):
+        if ctx is None:
+            return self.__func__
+        return _BoundFactory(self.__func__, ctx)
+
+
 class _MpxFactories:
     """The families mpx implements, as methods of an mpx context."""
 
@@ -50,18 +136,22 @@ class _MpxFactories:
                                        serializer=_serial.get_serializer(serializer),
                                        **kwargs)
 
+    @_family
     def Queue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
         """A FIFO queue between processes (``multiprocessing.Queue`` API)."""
         return self._make("Queue", backend, serializer, (maxsize,), kwargs)
 
+    @_family
     def SimpleQueue(self, *, backend=None, serializer=None, **kwargs):
         """An unbounded FIFO queue (``multiprocessing.SimpleQueue`` API)."""
         return self._make("SimpleQueue", backend, serializer, (), kwargs)
 
+    @_family
     def JoinableQueue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
         """A Queue with ``task_done``/``join``."""
         return self._make("JoinableQueue", backend, serializer, (maxsize,), kwargs)
 
+    @_family
     def PriorityQueue(self, maxsize=0, *, backend=None, serializer=None, **kwargs):
         """A queue whose ``get`` returns the highest priority first."""
         return self._make("PriorityQueue", backend, serializer, (maxsize,), kwargs)
@@ -177,6 +267,12 @@ class MpxDefaultContext(_MpxFactories, _std.BaseContext):
 
     def __repr__(self):
         return "<mpx default context>"
+
+    def __reduce__(self):
+        # Pickled by reference, so that what pickles as getattr(context,
+        # name) (mpx.Queue, a bound factory) comes back bound to this very
+        # object in the receiving process.
+        return "default_context"
 
 
 default_context = MpxDefaultContext()
