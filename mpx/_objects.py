@@ -11,11 +11,21 @@ module provides:
 So ``ls``/``rm`` work for every kind (queues of every backend, shared arrays,
 FIFOs, ...) without knowing any of them. A record whose object is gone is
 dropped when ``ls`` or ``rm`` meets it.
+
+What they trust (see :mod:`mpx._names` for the record itself): only the
+caller's own record directory, only the caller's own records in it, and only
+mpx's own modules, named in the backend registry (or already loaded). A
+record is the caller's word about a name; the module's ``remove(entry)``
+checks the object itself before removing it. Junk in the record is skipped
+and counted; names are printed with anything unprintable escaped, so a name
+cannot rewrite the terminal or break the table.
 """
 
 import importlib
+import importlib.util
 import json
 import os
+import re
 import sys
 
 from . import _names
@@ -53,11 +63,30 @@ def add_rm_arguments(parser):
 # ---------------------------------------------------------------------------
 
 
+_MODULE_NAME = re.compile(r"^mpx(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def _known_modules():
+    from .backends import BACKENDS
+    return {m for _, modules in BACKENDS.values() for m in modules}
+
+
 def _module(entry):
-    modname = entry.get("module")
-    if not isinstance(modname, str) or not modname.startswith("mpx."):
-        # Records are files anyone can write in a world-writable directory:
-        # never import a module a record names unless it is one of mpx's own.
+    """The module a record names, if it is one of mpx's own: a backend
+    module of the registry, or an mpx module that exists (a kind defined
+    above the backends). Never a module outside mpx: a record is only its
+    writer's word, and importing is running code."""
+    modname = entry.get("module") if isinstance(entry, dict) else None
+    if not isinstance(modname, str) or not _MODULE_NAME.match(modname) \
+            or modname.endswith(".__main__"):
+        raise ImportError(f"record names no mpx module ({modname!r})")
+    if modname in _known_modules() or modname in sys.modules:
+        return importlib.import_module(modname)
+    try:
+        spec = importlib.util.find_spec(modname)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
         raise ImportError(f"record names no mpx module ({modname!r})")
     return importlib.import_module(modname)
 
@@ -87,19 +116,26 @@ def _matches(entry, args):
 
 
 def _forget(entry):
-    _names.forget(entry.get("kind"), entry.get("backend"), entry.get("name"))
+    _names.forget_entry(entry)
 
 
-def collect(args=None, drop_stale=True):
-    """[(entry, info)] for every recorded object that still exists (and
-    passes the filters in `args`); stale records are dropped."""
+def _own_records():
+    """The Scan of the caller's record, keeping only well-formed records the
+    caller owns (the record reads nothing else; checked again because the
+    decision to act on a record is taken here)."""
+    found = _names.scan()
+    me = os.geteuid()
+    keep = [e for e in found.entries
+            if all(isinstance(e.get(k), str) for k in ("kind", "backend", "name"))
+            and e.get("uid") == me]
+    return found._replace(entries=keep)
+
+
+def _gather(args=None, drop_stale=True):
+    found = _own_records()
     rows = []
-    for entry in _names.entries():
-        if not all(isinstance(entry.get(k), str) for k in ("kind", "backend", "name")):
-            continue                    # not a record mpx wrote
+    for entry in found.entries:
         if args is not None and not _matches(entry, args):
-            continue
-        if args is not None and getattr(args, "mine", False) and entry.get("uid") != os.geteuid():
             continue
         info = _describe(entry)
         if info is None:
@@ -107,7 +143,14 @@ def collect(args=None, drop_stale=True):
                 _forget(entry)
             continue
         rows.append((entry, info))
-    return rows
+    return found, rows
+
+
+def collect(args=None, drop_stale=True):
+    """[(entry, info)] for every object in the caller's record that still
+    exists (and passes the filters in `args`); stale records are dropped.
+    Raises mpx._names.RecordDirError when the record directory is refused."""
+    return _gather(args, drop_stale)[1]
 
 
 def _alive(pid):
@@ -115,9 +158,32 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, TypeError):
+    except (OSError, OverflowError, TypeError, ValueError):
         return True
     return True
+
+
+def _printable(text):
+    """`text` with every character that is not printable escaped: a name may
+    hold newlines, terminal escapes or lone surrogates."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _print(text, file=None):
+    file = sys.stdout if file is None else file
+    try:
+        print(text, file=file)
+    except UnicodeEncodeError:          # a terminal that cannot show some name
+        encoding = getattr(file, "encoding", None) or "ascii"
+        print(text.encode(encoding, "backslashreplace").decode(encoding, "replace"),
+              file=file)
+
+
+def _error(command, text):
+    _print(f"mpx {command}: {_printable(text)}", sys.stderr)
 
 
 def _details(entry, info):
@@ -134,17 +200,18 @@ def _details(entry, info):
         if key == "creator_pid":
             continue
         if isinstance(value, (dict, list, tuple)):
-            value = json.dumps(value)
+            value = json.dumps(value, default=str)
         parts.append(f"{key}={value}")
-    return ", ".join(parts)
+    return _printable(", ".join(parts))
 
 
 def _table(rows):
     header = ("KIND", "BACKEND", "NAME", "SIZE", "OWNER", "DETAILS")
     lines = [header]
     for entry, info in rows:
-        lines.append((entry["kind"], entry["backend"], entry["name"], str(info.get("size", "?")),
-                      str(entry.get("owner", "?")), _details(entry, info)))
+        lines.append(tuple(_printable(cell) for cell in (
+            entry["kind"], entry["backend"], entry["name"], info.get("size", "?"),
+            entry.get("owner", "?"))) + (_details(entry, info),))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = []
     for line in lines:
@@ -161,16 +228,37 @@ def _as_json(entry, info):
     return out
 
 
+def _report_skipped(command, found):
+    """One line on stderr for the files of the record that were skipped."""
+    if not found.skipped:
+        return
+    shown = "; ".join(f"{_printable(f)}: {why}" for f, why in found.skipped[:5])
+    more = f"; and {len(found.skipped) - 5} more" if len(found.skipped) > 5 else ""
+    _error(command, f"skipped {len(found.skipped)} file(s) in {_printable(found.path)} that "
+           f"are not mpx records ({shown}{more})")
+
+
 def run_ls(args):
-    rows = collect(args)
+    try:
+        found, rows = _gather(args)
+    except _names.RecordDirError as e:
+        _error("ls", e.strerror)
+        return 1
+    except OSError as e:
+        _error("ls", f"cannot read the record of named objects in {_names.names_dir()}: {e}")
+        return 1
+    if args.mine:                       # every record read is the caller's own
+        rows = [r for r in rows if r[0].get("uid") == os.geteuid()]
     rows.sort(key=lambda r: (r[0]["backend"], r[0]["kind"], r[0]["name"]))
     if args.json:
         print(json.dumps([_as_json(e, i) for e, i in rows], indent=2, default=str))
     elif rows:
-        print(_table(rows))
+        _print(_table(rows))
     else:
-        print("no named mpx objects" + (" matching the filters" if (
-            args.backend or args.kind or args.mine) else "") + f" (record: {_names.names_dir()})")
+        _print("no named mpx objects" + (" matching the filters" if (
+            args.backend or args.kind or args.mine) else "")
+            + f" (record: {_printable(found.path)})")
+    _report_skipped("ls", found)
     return 0
 
 
@@ -180,55 +268,61 @@ def _strip(name):
 
 def run_rm(args):
     if not args.names and not args.all:
-        print("mpx rm: name the objects to remove, or pass --all to remove every mpx "
-              "object you own", file=sys.stderr)
+        _error("rm", "name the objects to remove, or pass --all to remove every mpx "
+               "object you own")
         return 2
     if args.names and args.all:
-        print("mpx rm: give NAMEs or --all, not both", file=sys.stderr)
+        _error("rm", "give NAMEs or --all, not both")
         return 2
-    entries = [e for e in _names.entries()
-               if all(isinstance(e.get(k), str) for k in ("kind", "backend", "name"))
-               and _matches(e, args)]
+    try:
+        found = _own_records()
+    except _names.RecordDirError as e:
+        _error("rm", e.strerror)
+        return 1
+    except OSError as e:
+        _error("rm", f"cannot read the record of named objects in {_names.names_dir()}: {e}")
+        return 1
+    entries = [e for e in found.entries if _matches(e, args)]
     failed = False
     targets = []
     if args.all:
-        targets = [e for e in entries if e.get("uid") == os.geteuid()]
+        targets = entries
     else:
         for name in args.names:
-            found = [e for e in entries if e["name"] == name or _strip(e["name"]) == _strip(name)]
-            if not found:
-                print(f"mpx rm: no mpx object named {name!r}"
-                      + (" matching the filters" if (args.backend or args.kind) else ""),
-                      file=sys.stderr)
+            found_here = [e for e in entries
+                          if e["name"] == name or _strip(e["name"]) == _strip(name)]
+            if not found_here:
+                _error("rm", f"no mpx object named {name!r} in your record"
+                       + (" matching the filters" if (args.backend or args.kind) else ""))
                 failed = True
-            targets += [e for e in found if e not in targets]
+            targets += [e for e in found_here if e not in targets]
     removed = []
     for entry in targets:
         what = f"{entry['kind']} {entry['backend']} {entry['name']!r}"
         try:
             remove = _module(entry).remove
         except Exception as e:
-            print(f"mpx rm: cannot remove {what}: cannot load {entry.get('module')}: {e}",
-                  file=sys.stderr)
+            _error("rm", f"cannot remove {what}: cannot load {entry.get('module')!r}: {e}")
             failed = True
             continue
         try:
             remove(entry)
         except PermissionError as e:
-            print(f"mpx rm: cannot remove {what}: {e}", file=sys.stderr)
+            _error("rm", f"cannot remove {what}: {e}")
             failed = True
             continue
         except Exception as e:
-            print(f"mpx rm: cannot remove {what}: {type(e).__name__}: {e}", file=sys.stderr)
+            _error("rm", f"cannot remove {what}: {type(e).__name__}: {e}")
             failed = True
             continue
         _forget(entry)                  # remove() forgets too; this covers a sloppy one
         removed.append(entry)
         if not args.json:
-            print(f"removed {what}")
+            _print(f"removed {_printable(what)}")
     if args.json:
         print(json.dumps([{"kind": e["kind"], "backend": e["backend"], "name": e["name"]}
                           for e in removed], indent=2))
     elif args.all and not targets:
-        print("no mpx objects of yours to remove")
+        _print("no mpx objects of yours to remove")
+    _report_skipped("rm", found)
     return 1 if failed else 0

@@ -29,15 +29,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = [b for b in ("posix", "sysv") if b in backends_for("Queue")]
 
 
+NOBODY = 65534
+
+
 @pytest.fixture
 def names_dir(monkeypatch):
-    """A private, world-writable record directory for this test (so that an
-    unprivileged user can record too), emptied afterwards."""
+    """This test's record directory (private to root, as every user's is),
+    emptied afterwards; beside it, one for the user nobody (nobody_names)."""
     base = tempfile.mkdtemp(prefix="mpx-cli-test-")
     path = os.path.join(base, "names")
-    os.chmod(base, 0o755)
-    os.mkdir(path)
-    os.chmod(path, 0o1777)                      # like /tmp/mpx-names
+    os.chmod(base, 0o755)               # nobody reaches its own directory in it
+    os.mkdir(path, 0o700)
+    os.mkdir(os.path.join(base, "nobody-names"), 0o700)
+    os.chown(os.path.join(base, "nobody-names"), NOBODY, NOBODY)
     monkeypatch.setenv("MPX_NAMES_DIR", path)
     yield path
     for entry in _names.entries():              # remove whatever a test left
@@ -47,6 +51,10 @@ def names_dir(monkeypatch):
             pass
     import shutil
     shutil.rmtree(base, ignore_errors=True)
+
+
+def nobody_names(names_dir):
+    return os.path.join(os.path.dirname(names_dir), "nobody-names")
 
 
 @pytest.fixture
@@ -79,19 +87,33 @@ def sysv_exists(name):
         return False
 
 
-def in_forked_child_as_nobody(fn):
+def in_forked_child_as_nobody(fn, names_dir=None):
+    """fn() run as nobody, whose record is `names_dir`; its exit code."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            if names_dir is not None:
+                os.environ["MPX_NAMES_DIR"] = names_dir
             fn()
             code = 0
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def main_quietly(argv):
+    """(exit code, stdout, stderr) of ``python -m mpx ARGV`` run in-process."""
+    import contextlib
+    import io
+    from mpx.__main__ import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------------
@@ -173,40 +195,55 @@ def test_stale_records_are_dropped(names_dir, qname):
 
 @pytest.mark.skipif(not BACKENDS, reason="no message-queue backend available")
 def test_rm_all_leaves_other_users_objects_alone(names_dir, qname):
+    # Each user has a record of their own: root's ls/rm see only root's.
     backend = BACKENDS[0]
     theirs, mine = qname + "-theirs", qname + "-mine"
 
     def make_theirs():
         mpx.Queue(name=theirs, backend=backend).put("theirs")
-    assert in_forked_child_as_nobody(make_theirs) == 0
+    assert in_forked_child_as_nobody(make_theirs, nobody_names(names_dir)) == 0
     q = mpx.Queue(name=mine, backend=backend)
     q.put("mine")
+    assert [d["name"] for d in json.loads(mpx_cli("ls", "--json", check=0).stdout)] == [mine]
     mpx_cli("rm", "--all", check=0)
-    data = json.loads(mpx_cli("ls", "--json", check=0).stdout)
-    assert [(d["name"], d["owner"]) for d in data] == [(theirs, "nobody")]
+    assert json.loads(mpx_cli("ls", "--json", check=0).stdout) == []
     exists = posix_exists if backend == "posix" else sysv_exists
     assert exists(theirs) and not exists(mine)
-    # root may remove it by name; the object goes, and so does the record.
-    mpx_cli("rm", theirs, check=0)
+    # root's `rm NAME` does not reach nobody's record either...
+    proc = mpx_cli("rm", theirs, check=1)
+    assert f"no mpx object named {theirs!r} in your record" in proc.stderr
+    assert exists(theirs)
+
+    # ...nobody removes it from its own.
+    def rm_theirs():
+        rc, out, err = main_quietly(["ls", "--json"])
+        assert rc == 0 and [d["name"] for d in json.loads(out)] == [theirs], (rc, out, err)
+        rc, out, err = main_quietly(["rm", theirs])
+        assert rc == 0 and f"removed Queue {backend} {theirs!r}" in out, (rc, out, err)
+    assert in_forked_child_as_nobody(rm_theirs, nobody_names(names_dir)) == 0
     assert not exists(theirs)
-    assert _names.entries() == []
+    assert os.listdir(nobody_names(names_dir)) == []
     q.close()
 
 
 @pytest.mark.skipif(not BACKENDS, reason="no message-queue backend available")
 def test_rm_of_another_users_object_without_permission_says_so(names_dir, qname):
     backend = BACKENDS[0]
+    module = {"posix": "mpx.backends.posix_mq", "sysv": "mpx.backends.sysv_mq"}[backend]
     q = mpx.Queue(name=qname, backend=backend)
 
     def try_rm():
-        from mpx.__main__ import main
-        import contextlib, io
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = main(["rm", qname])
-        assert rc == 1, rc
-        assert "ermission denied" in err.getvalue() and qname in err.getvalue(), err.getvalue()
-    assert in_forked_child_as_nobody(try_rm) == 0
+        # root's queue is not in nobody's record...
+        rc, out, err = main_quietly(["rm", qname])
+        assert rc == 1 and f"no mpx object named {qname!r}" in err, (rc, out, err)
+        # ...and a record nobody writes for it is only nobody's word: the
+        # backend checks the object and refuses.
+        _names.record("Queue", backend, qname, module=module)
+        rc, out, err = main_quietly(["rm", qname])
+        assert rc == 1, (rc, out, err)
+        assert "ermission denied" in err and qname in err, err
+        _names.forget("Queue", backend, qname)
+    assert in_forked_child_as_nobody(try_rm, nobody_names(names_dir)) == 0
     q.put("still here")
     assert q.get(timeout=5) == "still here"
     q.unlink()
