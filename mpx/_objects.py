@@ -312,7 +312,10 @@ def run_rm(args):
             failed = True
             continue
         except Exception as e:
-            _error("rm", f"cannot remove {what}: {type(e).__name__}: {e}")
+            # Kept in the record (it may be a damaged object of the caller's
+            # that ls must go on showing); say where, for one that is junk.
+            _error("rm", f"cannot remove {what}: {type(e).__name__}: {e} (its record, "
+                   f"{os.path.join(found.path, entry.get('record_file') or '?')}, is kept)")
             failed = True
             continue
         _forget(entry)                  # remove() forgets too; this covers a sloppy one
