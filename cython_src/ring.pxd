@@ -44,6 +44,28 @@
 # - Every sleep is cut into slices of at most a second, re-checking after
 #   each: the bound on any stall a kill between publish and wake-up leaves.
 
+#
+# Files, and what a ring can and cannot defend against:
+# - attach refuses a file shorter than its header's size plus its capacity,
+#   or whose header holds impossible values, having mapped only the header
+#   page. Whose file may be opened at all is the policy layer's rule
+#   (mpx._trust), applied to the descriptor before attach.
+# - create seals a file that allows it (a memfd made with MFD_ALLOW_SEALING)
+#   against shrinking (F_SEAL_SHRINK, F_SEAL_SEAL): nobody can truncate the
+#   ring under its users. The file may still grow (the overflow area and
+#   spill extents extend it). A /dev/shm file cannot be sealed: its owner
+#   (or root) cutting it short kills the processes using it with SIGBUS
+#   when they touch the ring's lost pages (overflow-area and spill records
+#   check the file's size first and raise RingError instead).
+#
+# Python-facing boundary beyond the Ring class (ring.pyx): check_layout()
+# and spin_ns() read options exactly as create and the spin budget do, so
+# the policy layer checks them before it creates anything; conn_send and
+# conn_recv are a Connection's send/recv as methods of its class (the
+# connection names its rings in _send_ring/_recv_ring, and its own
+# _send/_recv raise when there is none); header_info() reads a copy of a
+# header without mapping anything (for ls/rm).
+
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.types cimport clockid_t
 from posix.time cimport timespec

@@ -15,7 +15,7 @@
 #   ring.shutdown(), ring.drain(), ring.ack(n), ring.wait_acked(timeout),
 #   ring.aux_*(i, ...)                        15 spare 32-bit futex words
 #   ring.send_obj(obj), ring.recv_obj()       a channel's send/recv (hooks on_*)
-#   ring.owner = weakref.ref(conn)            kept alive during send_obj/recv_obj
+#   conn_send(conn, obj), conn_recv(conn)     the same as a Connection's methods
 #   ring.close()                              blocked calls of this process raise
 #                                             RingClosed (an OSError)
 #
@@ -37,7 +37,6 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from cpython.weakref cimport PyWeakref_CheckRef, PyWeakref_GetObject
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, INT32_MAX
 from libc.string cimport memcpy, memset
 from libc.limits cimport LONG_MAX as PY_SSIZE_T_MAX
@@ -62,6 +61,7 @@ from ring cimport (pthread_mutex_t, pthread_mutexattr_t, pthread_mutexattr_init,
                    MPX_REC_INLINE, MPX_REC_OVERFLOW, MPX_OVF_TAKEN, MPX_OVF_AREA,
                    mpx_pos, mpx_cnt, mpx_pack, mpx_used, mpx_count, mpx_lo32)
 
+import operator
 import os
 
 include "compact.pxi"
@@ -116,6 +116,22 @@ cdef extern from *:
     static inline int mpx_flink(int fd, const char *path) {
         return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH) < 0 ? errno : 0;
     }
+    /* Seal a file against shrinking, and its seals against change, where
+       the file allows it (a memfd made with MFD_ALLOW_SEALING); elsewhere
+       (a /dev/shm file, whose seals are closed from birth) nothing. */
+    static inline void mpx_seal_size(int fd) {
+    #if defined(F_ADD_SEALS) && defined(F_SEAL_SHRINK) && defined(F_SEAL_SEAL)
+        (void)fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL);
+    #endif
+    }
+    /* The seals of `fd` (F_GET_SEALS), or -1 where it has none to tell. */
+    static inline int mpx_get_seals(int fd) {
+    #ifdef F_GET_SEALS
+        return fcntl(fd, F_GET_SEALS);
+    #else
+        return -1;
+    #endif
+    }
     static inline int64_t mpx_file_size(int fd) {
         struct stat st;
         if (fstat(fd, &st) < 0) return -1;
@@ -141,6 +157,8 @@ cdef extern from *:
     int mpx_pid_gone(int pid) noexcept nogil
     void* mpx_map(size_t length, int prot, int fd, uint64_t off) noexcept nogil
     int64_t mpx_file_size(int fd) noexcept nogil
+    void mpx_seal_size(int fd) noexcept nogil
+    int mpx_get_seals(int fd) noexcept nogil
     int mpx_flink(int fd, const char* path) noexcept nogil
     int mpx_pid_now
     int mpx_pid_init() noexcept nogil
@@ -343,19 +361,45 @@ cdef inline void copy_out(char* dst, const char* base, uint64_t mask, uint64_t p
         memcpy(dst + first, base, n - first)
 
 
+cdef object _seconds = None
+
+
+cdef double timeout_seconds(object timeout) except? -2.0:
+    """`timeout` (not None) read by mpx._timeouts.seconds, the one rule of
+    every mpx wait (NaN and negatives: ValueError; not a number: TypeError;
+    inf: for ever): its seconds, or -1.0 for ever."""
+    global _seconds
+    if _seconds is None:
+        from mpx._timeouts import seconds
+        _seconds = seconds
+    cdef object s = _seconds(timeout)
+    return -1.0 if s is None else <double>s
+
+
 cdef inline int64_t to_deadline(bint block, object timeout) except? -2:
-    """-1: wait forever; otherwise an absolute monotonic time in ns."""
+    """-1: wait forever; otherwise an absolute monotonic time in ns.
+
+    `timeout` means what mpx._timeouts.seconds says. Plain floats and small
+    ints are read here (a get(timeout=5) makes no Python call for it); every
+    other value, and every value that is an error, goes through seconds()
+    itself, so the rule and its messages are written once."""
+    cdef double t
     if not block:
         return 0
     if timeout is None:
         return -1
-    cdef double t = timeout
-    if t != t:
-        raise ValueError("timeout must be a number, not NaN")
-    if t <= 0:
-        return 0
-    if t > 1e9:            # a timeout of decades is "forever"
+    if type(timeout) is float:
+        t = <double>timeout
+        if not t >= 0:          # NaN or negative: seconds() raises its error
+            t = timeout_seconds(timeout)
+    elif type(timeout) is int and 0 <= timeout <= 1000000000:
+        t = <double>timeout
+    else:
+        t = timeout_seconds(timeout)
+    if t < 0 or t > 1e9:    # for ever (inf, None from seconds, or decades)
         return -1
+    if t == 0:
+        return 0
     return monotonic_ns() + <int64_t>(t * 1e9)
 
 
@@ -561,6 +605,89 @@ cdef class _Batch:
         return 0
 
 
+cdef object _as_int(object value, str what):
+    """`value` as an int (numpy integers and other __index__ types welcome;
+    bool is not a size), else TypeError naming `what`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+
+
+cdef object _as_uint(object value, str what, object limit):
+    """`value` as an int 0..limit, else TypeError/ValueError naming `what`."""
+    value = _as_int(value, what)
+    if not 0 <= value <= limit:
+        raise ValueError(f"{what} must be between 0 and {limit}, not {value}")
+    return value
+
+
+def check_layout(capacity, maxsize=0, inline_max=None, area=None, area_backlog=None):
+    """The ring layout Ring.create makes of these arguments, as a dict of
+    ints (capacity, maxsize, inline_max, area, area_backlog), or the error
+    (TypeError/ValueError naming the argument) it would raise. Policy layers
+    call it before they create anything, so that a bad option never leaves a
+    half-made object behind.
+
+    capacity: bytes, 1..MAX_CAPACITY, rounded up to a power of two (4096 at
+    least). maxsize: messages, 0 (no limit)..2**31-1. inline_max: largest
+    record kept in the ring, 0..MAX_CAPACITY (None: half the ring; values
+    below 64 mean 64, above the capacity the capacity). area: bytes of
+    overflow area, 0..MAX_AREA, rounded up to whole pages (None: max(16 x
+    capacity, 256 MiB)). area_backlog: bytes of big messages that may wait
+    in the area before producers wait, 0..MAX_AREA (None: 4 x capacity)."""
+    cdef uint64_t cap = MIN_CAPACITY
+    cdef object page = sysconf(_SC_PAGESIZE)
+    if capacity is None:
+        raise ValueError("capacity must be a positive number of bytes, not None")
+    capacity = _as_int(capacity, "capacity")
+    if capacity < 1:
+        raise ValueError(f"capacity must be a positive number of bytes, not {capacity!r}")
+    if capacity > MPX_MAX_CAPACITY:
+        raise ValueError(f"capacity {capacity} is above the ring's limit of "
+                         f"{MPX_MAX_CAPACITY} bytes (larger messages still go "
+                         "through: they overflow into the queue's file)")
+    while cap < <uint64_t>capacity:
+        cap <<= 1
+    if maxsize is None:
+        maxsize = 0
+    maxsize = _as_uint(maxsize, "maxsize", 0x7fffffff)
+    if inline_max is None:
+        inline_max = cap // 2
+    else:
+        inline_max = min(max(_as_uint(inline_max, "inline_max", MPX_MAX_CAPACITY), 64), cap)
+    if area is None:
+        area = max(16 * cap, 256 << 20)
+    area = _as_uint(area, "area", MAX_AREA)
+    area = (area + page - 1) // page * page
+    if area_backlog is None:
+        area_backlog = 4 * cap
+    area_backlog = _as_uint(area_backlog, "area_backlog", MAX_AREA)
+    return {"capacity": cap, "maxsize": maxsize, "inline_max": inline_max,
+            "area": area, "area_backlog": area_backlog}
+
+
+def spin_ns(spin, what="spin"):
+    """Nanoseconds of a spin budget given in seconds: a real number from 0
+    to 10 (the limit MPX_SPIN_US has too), else TypeError/ValueError naming
+    `what`. None: the default (DEFAULT_SPIN_US)."""
+    if spin is None:
+        return DEFAULT_SPIN_US * 1000
+    kind = type(spin)
+    if isinstance(spin, (bool, str, bytes, bytearray)) or not (
+            hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError(f"{what} must be a number of seconds, not {kind.__name__}")
+    try:
+        value = float(spin)
+    except OverflowError:
+        value = float("inf")
+    if not 0 <= value <= 10:
+        raise ValueError(f"{what} must be a number of seconds from 0 to 10, not {spin!r}")
+    return int(value * 1e9)
+
+
 cdef inline int check_tag(int tag) except -1:
     if tag < 0 or tag > 255:
         raise ValueError(f"tag must be in 0..255, not {tag}")
@@ -619,7 +746,6 @@ cdef class Ring:
     cdef int busy_pid               # the process whose calls `busy` counts
     cdef bint closing               # close() was called while calls were inside
     cdef uint16_t aux_waiters[15]   # threads of this process in aux_wait(i), per word
-    cdef object _owner              # weakref.ref to the object send_obj/recv_obj keep alive
 
     def __cinit__(self):
         self.hdr = NULL
@@ -654,39 +780,36 @@ cdef class Ring:
     def create(int fd, capacity, *, maxsize=0, kind=0, ring_id=0, inline_max=None,
                area=None, area_backlog=None):
         """Initialise a new ring in the empty file `fd` (which the Ring then
-        owns and closes). `capacity` is rounded up to a power of two.
-        `area`: bytes of overflow area for messages too big for the ring
-        (default max(16 x capacity, 256 MiB); pages are only allocated once a
-        big message needs them; 0: none, every big message spills).
-        `area_backlog`: bytes of big messages that may wait in the area before
-        producers wait too (default 4 x capacity; a message is always let in
-        beside one other of its size, so big ones are double-buffered)."""
-        cdef uint64_t cap = MIN_CAPACITY
+        owns and closes; if create raises, the caller still owns `fd`, and
+        must close it). The arguments are read by check_layout() (see there)
+        before anything touches the file; `kind` (0..2**32-1) and `ring_id`
+        (0..2**64-1) are the policy layer's, stored as given.
+
+        A file that allows sealing (a memfd made with MFD_ALLOW_SEALING) is
+        sealed against shrinking once sized (F_SEAL_SHRINK, then F_SEAL_SEAL):
+        nobody can then truncate the ring under the processes that map it,
+        which would kill them with SIGBUS. Growing stays allowed (the
+        overflow area and spill extents extend the file)."""
         cdef Ring self
         cdef pthread_mutexattr_t attr
         cdef int64_t size
         cdef int r, m
         cdef mpx_ring_header* h
-        if capacity is None or capacity < 1:
-            raise ValueError(f"capacity must be a positive number of bytes, not {capacity!r}")
-        if capacity > MPX_MAX_CAPACITY:
-            raise ValueError(f"capacity {capacity} is above the ring's limit of "
-                             f"{MPX_MAX_CAPACITY} bytes (larger messages still go "
-                             "through: they overflow into the queue's file)")
-        while cap < <uint64_t>capacity:
-            cap <<= 1
-        if maxsize is None or maxsize < 0 or maxsize > 0x7fffffff:
-            raise ValueError(f"maxsize must be between 0 and 2**31-1, not {maxsize!r}")
-        page = sysconf(_SC_PAGESIZE)
-        if area is None:
-            area = max(16 * cap, 256 << 20)
-        if area < 0 or area > MAX_AREA:
-            raise ValueError(f"area must be between 0 and {MAX_AREA} bytes, not {area!r}")
-        area = (area + page - 1) // page * page
-        if area_backlog is None:
-            area_backlog = 4 * cap
-        if area_backlog < 0:
-            raise ValueError(f"area_backlog must be >= 0, not {area_backlog!r}")
+        # Every argument is checked and converted before the file is touched
+        # or mapped: an error (naming its argument) leaves `fd` to the
+        # caller, as it came. (Converting during the header's initialisation
+        # raised with the file mapped, and the mapping's owner then closed
+        # `fd` as the caller did too: a double close.)
+        cdef uint64_t cap, c_inline, c_area, c_backlog, c_id
+        cdef uint32_t c_max, c_kind
+        lay = check_layout(capacity, maxsize, inline_max, area, area_backlog)
+        cap = lay["capacity"]
+        c_max = lay["maxsize"]
+        c_inline = lay["inline_max"]
+        c_area = lay["area"]
+        c_backlog = lay["area_backlog"]
+        c_kind = _as_uint(kind, "kind", 0xffffffff)
+        c_id = _as_uint(ring_id, "ring_id", 0xffffffffffffffff)
         size = mpx_file_size(fd)
         if size < 0:
             raise OSError(mpx_errno(), os.strerror(mpx_errno()))
@@ -695,6 +818,7 @@ cdef class Ring:
         size = MPX_RING_HDR_SIZE + cap
         if ftruncate(fd, size) < 0:
             raise OSError(mpx_errno(), os.strerror(mpx_errno()))
+        mpx_seal_size(fd)
         # Only the header gets its page now; the ring's pages are allocated
         # as the first lap of the tail reaches them (a queue that carries
         # little costs little). Allocating explicitly, never by touching,
@@ -709,18 +833,18 @@ cdef class Ring:
         h.version = MPX_RING_VERSION
         h.header_size = MPX_RING_HDR_SIZE
         h.capacity = cap
-        h.inline_max = cap // 2 if inline_max is None else min(max(<uint64_t>inline_max, 64), cap)
-        h.ring_id = ring_id
-        h.maxsize = maxsize
-        h.kind = kind
+        h.inline_max = c_inline
+        h.ring_id = c_id
+        h.maxsize = c_max
+        h.kind = c_kind
         h.creator_pid = getpid()
-        h.page_size = page
-        h.area_size = area
-        h.area_soft = area_backlog
+        h.page_size = <uint32_t>sysconf(_SC_PAGESIZE)
+        h.area_size = c_area
+        h.area_soft = c_backlog
         h.tail = 0
         h.head = 0
         h.acked = 0
-        h.ovf_next = size + area
+        h.ovf_next = size + c_area
         h.ovf_pending_len = 0
         h.area_next = 0
         h.area_alloc = 0
@@ -906,21 +1030,15 @@ cdef class Ring:
             self._unmap(True)
 
     @property
-    def closed(self):
-        return self.hdr == NULL or self.closing
+    def seals(self):
+        """The file's seals (F_GET_SEALS; fcntl.F_SEAL_* bits), -1 where the
+        file cannot tell (not a sealable file)."""
+        self._check()
+        return mpx_get_seals(self.fd)
 
     @property
-    def owner(self):
-        """None, or a weakref.ref to the object whose methods send_obj and
-        recv_obj stand for (a Connection binds them as its send/recv):
-        they hold a strong reference to it for the whole call."""
-        return self._owner
-
-    @owner.setter
-    def owner(self, value):
-        if value is not None and not PyWeakref_CheckRef(value):
-            raise TypeError(f"owner must be a weakref.ref or None, not {type(value).__name__}")
-        self._owner = value
+    def closed(self):
+        return self.hdr == NULL or self.closing
 
     # ------------------------------------------------------------- holders
 
@@ -1724,13 +1842,11 @@ cdef class Ring:
         check (if aux word bell_aux holds bell_value, call on_bell()). A
         full ring hands the message to on_full(msg, tag), which waits for
         room its own way (and rings the bell itself)."""
+        self._send_obj(obj)
+
+    cdef int _send_obj(self, object obj) except -1:
         cdef int tag = 0, r
         cdef bint bell
-        cdef object keep = None
-        # The owner (a Connection whose `send` is this method) lives until
-        # the call returns, as it would if `send` were its own method.
-        if self._owner is not None:
-            keep = <object>PyWeakref_GetObject(self._owner)
         cdef int pid = self._enter()
         try:
             msg = self._encode_obj(obj, &tag)
@@ -1747,21 +1863,18 @@ cdef class Ring:
             raise self.shutdown_exc()
         elif bell:
             self.on_bell()
+        return 0
 
     def recv_obj(self):
         """A channel's recv: get_obj(), waiting in the ring at most
         recv_wait seconds; after that, the object on_empty() returns (it
         sleeps its own way). A take while aux word watch_aux is set calls
         on_take() first (also when the message then fails to decode)."""
+        return self._recv_obj()
+
+    cdef object _recv_obj(self):
         cdef list out
         cdef bint watched
-        cdef object keep = None
-        # The owner (a Connection whose `recv` is this method) lives until
-        # the call returns: a thread blocked here while the program drops
-        # the end gets the next message, as with a stdlib Connection, rather
-        # than the end closing under it (Connection.__del__ closes it).
-        if self._owner is not None:
-            keep = <object>PyWeakref_GetObject(self._owner)
         try:
             out = self._get(1, True, self.recv_wait)
         except self.empty_exc:
@@ -2339,6 +2452,60 @@ cdef class Ring:
             if self.aux_waiters[k]:
                 self.aux_waiters[k] -= 1
             self._leave(pid)
+
+
+# A Connection's send and recv, compiled (the shm Pipe puts these two
+# functions in its class: `conn.send(obj)` then runs without a Python frame).
+# As methods of the class they behave as the stdlib's do: `s = conn.send`
+# holds the connection, so `del conn; s(obj)` still delivers, and a thread
+# blocked in recv() keeps its end alive. The connection says which ring to
+# use in `_send_ring` / `_recv_ring`; None there (closed, or the wrong
+# direction) hands the call to its `_send(obj)` / `_recv()`, which raise the
+# stdlib's errors.
+
+def conn_send(conn, obj):
+    """Send a serialized object. It is serialized here first: one that
+    cannot be raises and nothing is sent."""
+    ring = conn._send_ring
+    if ring is None:
+        return conn._send(obj)
+    (<Ring?>ring)._send_obj(obj)
+
+
+def conn_recv(conn):
+    """Receive a serialized object; EOFError once the other end is closed
+    and everything it sent has been read."""
+    ring = conn._recv_ring
+    if ring is None:
+        return conn._recv()
+    return (<Ring?>ring)._recv_obj()
+
+
+def header_info(data):
+    """The fields of a ring header from `data`, a copy of a file's first
+    bytes (os.pread): for looking at a ring without mapping it (``python -m
+    mpx ls``/``rm``). RingError if `data` is not a complete ring header of
+    this layout version; a dict like Ring.info()'s otherwise (capacity,
+    maxsize, kind, ring_id, messages, shutdown, ...). The values are a
+    snapshot, and only as true as the file's owner keeps them."""
+    cdef const unsigned char[:] view = memoryview(data).cast("B")
+    cdef mpx_ring_header h
+    if view.shape[0] < <Py_ssize_t>sizeof(mpx_ring_header):
+        raise RingError(f"not an mpx queue: {view.shape[0]} bytes, smaller than a ring "
+                        f"header ({MPX_RING_HDR_SIZE})")
+    memcpy(&h, &view[0], sizeof(mpx_ring_header))
+    if h.magic != MPX_RING_MAGIC:
+        raise RingError("not an mpx queue: it does not start with the mpx ring magic number")
+    if h.version != MPX_RING_VERSION:
+        raise RingError(f"the queue was made by an mpx with ring layout version "
+                        f"{h.version}; this mpx reads version {MPX_RING_VERSION}")
+    if (h.header_size != MPX_RING_HDR_SIZE or h.capacity < MIN_CAPACITY or
+            h.capacity > MPX_MAX_CAPACITY or (h.capacity & (h.capacity - 1))):
+        raise RingError("damaged mpx queue: its header holds impossible values")
+    return {"version": h.version, "capacity": h.capacity, "inline_max": h.inline_max,
+            "ring_id": h.ring_id, "maxsize": h.maxsize, "kind": h.kind,
+            "creator_pid": h.creator_pid, "messages": mpx_count(h.tail, h.head),
+            "shutdown": bool(h.tail & MPX_F_SHUT), "area_size": h.area_size}
 
 
 cdef inline int _aux(int i) except -1:

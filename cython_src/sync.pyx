@@ -92,15 +92,22 @@ cdef class SharedWord:
         """Block while the word equals `expected`.
 
         Returns True once the value differs, False if `timeout` (seconds)
-        passes first. timeout=None waits forever. Signals are honoured: a
-        KeyboardInterrupt raised by a handler comes through.
+        passes first. `timeout` is read by mpx._timeouts.seconds, as every
+        mpx wait reads it: None or inf waits forever, NaN and negatives are
+        a ValueError at once. Signals are honoured: a KeyboardInterrupt
+        raised by a handler comes through.
         """
         cdef uint32_t* addr = self._addr()
         cdef int64_t deadline = -1
+        cdef double t
         if timeout is not None:
-            if timeout < 0:
-                raise ValueError("timeout must be >= 0 or None")
-            deadline = monotonic_ns() + <int64_t>(timeout * 1e9)
+            from mpx._timeouts import seconds
+            left = seconds(timeout)
+            # (Converting a NaN, an inf or anything past 2**63 ns to int64 is
+            # undefined in C: only a finite wait below ~30 years is a deadline.)
+            if left is not None and left <= 1e9:
+                t = left
+                deadline = monotonic_ns() + <int64_t>(t * 1e9)
         return wait_word(addr, expected, deadline, DEFAULT_SPIN if spin < 0 else spin) == 1
 
 

@@ -203,7 +203,8 @@ def test_nonblocking_and_timeouts():
     with pytest.raises(RingEmpty):
         r.get(timeout=0.1)
     assert 0.09 <= time.monotonic() - t < 2
-    with pytest.raises(RingEmpty):
+    # Timeouts read as mpx._timeouts.seconds reads them (issue 19, item 11).
+    with pytest.raises(ValueError, match="non-negative"):
         r.get(timeout=-1)
     while True:
         try:
@@ -754,32 +755,75 @@ def test_close_wakes_wait_acked_and_aux_wait():
     assert took < 0.5
 
 
-def test_recv_obj_keeps_its_owner_alive_for_the_call():
-    import gc
-    import weakref
+class _End:
+    """A connection as the compiled conn_send/conn_recv see one."""
 
-    class Owner:
-        pass
+    send = ringmod.conn_send
+    recv = ringmod.conn_recv
+
+    def __init__(self, ring, log):
+        self._send_ring = self._recv_ring = ring
+        self._log = log
+
+    def _send(self, obj):
+        self._log.append(("slow send", obj))
+
+    def _recv(self):
+        self._log.append("slow recv")
+        return "slow"
+
+    def __del__(self):
+        self._log.append("gone")
+
+
+def test_conn_recv_is_a_method_that_holds_its_end_for_the_call():
+    # (It replaces the ring's `owner` weakref: as a method of the class, the
+    # bound method holds the end, as a stdlib Connection's would.)
+    import gc
 
     r = new_ring()
     r.dec_loads = bytes
     r.recv_wait = 10.0
-    owner = Owner()
-    gone = []
-    r.owner = weakref.ref(owner, lambda _: gone.append(True))
+    log = []
+    end = _End(r, log)
     got = []
-    th = threading.Thread(target=lambda: got.append(r.recv_obj()))
+    th = threading.Thread(target=lambda: got.append(end.recv()))
     th.start()
-    time.sleep(0.2)                                 # blocked in recv_obj
-    del owner
+    time.sleep(0.2)                                 # blocked in recv
+    del end
     gc.collect()
-    assert not gone                                 # the call holds it
+    assert "gone" not in log                        # the call holds it
     r.put(b"x")
     th.join(10)
-    assert got == [b"x"] and gone                   # released with the call
-    with pytest.raises(TypeError, match="weakref"):
-        r.owner = object()
-    r.owner = None
+    gc.collect()
+    assert got == [b"x"] and "gone" in log          # released with the call
+    r.close()
+
+
+def test_conn_send_bound_method_outlives_its_name():
+    # s = conn.send; del conn; s(x) delivers, as with the stdlib (issue 19,
+    # item 14): the bound method holds the end.
+    r = new_ring()
+    r.dec_loads = bytes
+    r.enc_bytes_tag = -1
+    r.enc_plain = frozenset({bytes})
+    r.enc_dumps = bytes
+    r.enc_big = r.enc_other = lambda obj, *rest: (bytes(obj), 0)
+    log = []
+    end = _End(r, log)
+    s = end.send
+    del end
+    assert "gone" not in log
+    s(b"hello")
+    assert r.get(timeout=5) == b"hello"
+    del s
+    assert "gone" in log
+    # With no ring to use, the call goes to the end's own _send/_recv.
+    end = _End(None, log)
+    end.send(1)
+    assert end.recv() == "slow" and ("slow send", 1) in log
+    with pytest.raises(TypeError):
+        _End(object(), log).send(1)                 # not a Ring: refused, no crash
     r.close()
 
 
@@ -1094,3 +1138,112 @@ def test_running_out_of_shared_memory_is_an_error_not_a_crash():
     out = FORK.SimpleQueue()
     assert run_child(_out_of_memory, out) == 0
     assert out.get() == [27, 27, (1, b"fits"), b"still works"]      # EFBIG, cleanly
+
+
+# ------------------------------------------- issue 19 (items 9, 11)
+
+@pytest.mark.parametrize("kw, exc, error", [
+    ({"inline_max": -1}, ValueError, "inline_max must be"),
+    ({"inline_max": 2 ** 70}, ValueError, "inline_max must be"),
+    ({"area_backlog": 2 ** 70}, ValueError, "area_backlog must be"),
+    ({"area": "x"}, TypeError, "area must be an int"),
+    ({"maxsize": -1}, ValueError, "maxsize must be"),
+    ({"kind": 2 ** 32}, ValueError, "kind must be"),
+    ({"ring_id": -1}, ValueError, "ring_id must be"),
+    ({"capacity": 2.5}, TypeError, "capacity must be an int"),
+])
+def test_failed_create_leaves_the_descriptor_to_the_caller_untouched(kw, exc, error):
+    # Checked before the file is touched: the error names the argument, the
+    # descriptor is still open (the caller closes it, once) and still empty.
+    fd = os.memfd_create("test-ring", os.MFD_CLOEXEC)
+    try:
+        args = {"capacity": 4096, **kw}
+        with pytest.raises(exc, match=error):
+            Ring.create(fd, args.pop("capacity"), **args)
+        assert os.fstat(fd).st_size == 0
+        Ring.create(os.dup(fd), 4096).close()          # still usable
+    finally:
+        os.close(fd)
+
+
+def test_check_layout_is_what_create_makes():
+    lay = ringmod.check_layout(5000, 7, inline_max=10, area=1, area_backlog=0)
+    assert lay == {"capacity": 8192, "maxsize": 7, "inline_max": 64,
+                   "area": os.sysconf("SC_PAGESIZE"), "area_backlog": 0}
+    r = new_ring(5000, maxsize=7, inline_max=10, area=1, area_backlog=0)
+    info = r.info()
+    assert (info["capacity"], info["maxsize"], info["inline_max"], info["area_size"]) == \
+        (8192, 7, 64, os.sysconf("SC_PAGESIZE"))
+    r.close()
+
+
+def test_only_sealable_files_are_sealed():
+    import fcntl
+    want = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+    r = Ring.create(os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING), 4096)
+    assert r.seals & want == want
+    with pytest.raises(PermissionError):
+        os.ftruncate(r.fd, 0)
+    r.close()
+    r = new_ring()                      # no MFD_ALLOW_SEALING: left as it is
+    assert not r.seals & fcntl.F_SEAL_SHRINK
+    r.close()
+
+
+@pytest.mark.parametrize("wait", ["get", "put", "put_many", "get_many", "wait_readable",
+                                  "wait_acked", "aux_wait"])
+def test_ring_waits_refuse_nan_and_negative_timeouts(wait):
+    r = new_ring(4096, maxsize=1)
+    if wait in ("put", "put_many", "wait_acked"):
+        r.put(b"x")                      # full, and not acked: these would wait
+    calls = {
+        "get": lambda t: r.get(timeout=t),
+        "put": lambda t: r.put(b"y", timeout=t),
+        "put_many": lambda t: r.put_many([b"y"], timeout=t),
+        "get_many": lambda t: r.get_many(timeout=t),
+        "wait_readable": lambda t: r.wait_readable(t),
+        "wait_acked": lambda t: r.wait_acked(t),
+        "aux_wait": lambda t: r.aux_wait(0, 0, t),
+    }
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="NaN"):
+        calls[wait](float("nan"))
+    with pytest.raises(ValueError, match="non-negative"):
+        calls[wait](-1)
+    with pytest.raises(TypeError, match="timeout must be"):
+        calls[wait]("1")
+    assert time.monotonic() - t0 < 1
+    r.close()
+
+
+def test_ring_waits_take_inf_and_huge_timeouts_as_for_ever():
+    r = new_ring()
+    for timeout in (float("inf"), 1e300, 10 ** 30, 10 ** 9 + 0.5):
+        threading.Timer(0.1, r.put, (b"late",)).start()
+        assert r.get(timeout=timeout) == b"late"
+    threading.Timer(0.1, r.aux_store, (0, 1)).start()
+    threading.Timer(0.15, r.aux_wake, (0,)).start()
+    assert r.aux_wait(0, 0, float("inf")) is True
+    r.close()
+
+
+def test_shared_word_wait_reads_timeouts_as_every_mpx_wait():
+    # (sync.pyx's wait converted timeout * 1e9 to int64: undefined for NaN,
+    # inf or anything huge, a hang in practice.)
+    import mmap
+    from mpx._ext import sync
+    buf = mmap.mmap(-1, 4096)
+    w = sync.SharedWord(buf, 0)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="NaN"):
+        w.wait(0, timeout=float("nan"))
+    with pytest.raises(ValueError, match="non-negative"):
+        w.wait(0, timeout=-1)
+    assert w.wait(0, timeout=0.05) is False
+    assert time.monotonic() - t0 < 1
+    for timeout in (float("inf"), 1e300, 10 ** 30):
+        threading.Timer(0.1, lambda: (w.store(1), w.wake())).start()
+        assert w.wait(0, timeout=timeout) is True
+        w.store(0)
+    w.release()
+    buf.close()

@@ -680,3 +680,83 @@ def test_shm_manager_sees_a_killed_client_and_keeps_serving():
 def _touch_and_die(d):
     d["killed"] = 1
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------- issue 19 (items 11, 14)
+
+def test_send_bound_method_outlives_its_end_as_with_the_stdlib():
+    # s = conn.send; del conn; s(x) delivers: the bound method holds the end
+    # (it used to be the ring's method, and the end closed under it).
+    ctx = mpx.get_context("fork")
+    a, b = shm_pipe(ctx)
+    s, r = a.send, b.recv
+    del a, b
+    s("through a bound method")
+    assert r() == "through a bound method"
+    # Once the last reference goes, the end closes at once (no cycle keeps
+    # it for the garbage collector): the peer sees EOF.
+    c, d = shm_pipe(ctx)
+    recv = d.recv
+    del d, r
+    c.send(1)
+    del c, s
+    assert recv() == 1
+    with pytest.raises(EOFError):
+        recv()
+
+
+def test_closed_or_wrong_direction_ends_raise_the_stdlib_errors():
+    ctx = mpx.get_context("fork")
+    r, w = shm_pipe(ctx, duplex=False)
+    with pytest.raises(OSError, match="read-only"):
+        r.send(1)
+    with pytest.raises(OSError, match="write-only"):
+        w.recv()
+    send = w.send
+    w.close()
+    with pytest.raises(OSError, match="closed"):
+        send(1)
+    r.close()
+    with pytest.raises(OSError, match="closed"):
+        r.recv()
+
+
+def test_capacity_takes_any_integer_type_and_errors_name_the_option():
+    import numpy as np
+    ctx = mpx.get_context("fork")
+    a, b = shm_pipe(ctx, capacity=np.int64(8192))
+    assert a._chan.out_ring.capacity == 8192
+    a.close()
+    b.close()
+    with pytest.raises(TypeError, match="capacity must be an int"):
+        shm_pipe(ctx, capacity=8192.0)
+    with pytest.raises(TypeError, match="spin must be"):
+        shm_pipe(ctx, spin="x")
+    with pytest.raises(ValueError, match="spin must be"):
+        shm_pipe(ctx, spin=float("inf"))
+
+
+def test_poll_and_channel_waits_read_timeouts_as_every_mpx_wait():
+    # NaN: ValueError at once; inf: for ever; a negative poll does not wait
+    # (the stdlib's reading, kept); a negative recv timeout is a ValueError.
+    ctx = mpx.get_context("fork")
+    a, b = shm_pipe(ctx)
+    t = time.monotonic()
+    with pytest.raises(ValueError, match="NaN"):
+        b.poll(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        b._chan.recv(timeout=float("nan"))
+    with pytest.raises(ValueError, match="non-negative"):
+        b._chan.recv(timeout=-1)
+    with pytest.raises(TypeError, match="timeout must be"):
+        b.poll("soon")
+    assert time.monotonic() - t < 1
+    assert b.poll(-5) is False
+    threading.Timer(0.2, a.send, ("late",)).start()
+    assert b.poll(float("inf")) is True
+    assert b.recv() == "late"
+    threading.Timer(0.2, a.send, ("later",)).start()
+    assert b.poll(10 ** 30) is True            # past a float's range: for ever too
+    assert b.recv() == "later"
+    a.close()
+    b.close()

@@ -13,8 +13,14 @@ holds:
 - per direction, an eventfd "bell" that a writer rings when the reader asked
   for it (see below). Reader and writer hold the same eventfd.
 
-Everything lives in descriptors (the rings in memfds, mode 0o600): nothing
-appears in /dev/shm, and the kernel frees it all with the last descriptor.
+Everything lives in descriptors (the rings in memfds, mode 0o600, sealed
+against shrinking so that nobody can truncate a ring under its users, which
+would kill them with SIGBUS): nothing appears in /dev/shm, and the kernel
+frees it all with the last descriptor.
+
+Every wait (``recv(timeout)``, ``poll(timeout)``) reads its timeout as
+``mpx._timeouts.seconds`` does: None or inf waits for ever, NaN is a
+ValueError at once.
 
 Waiting for a message
     The fast path makes no system call: a writer publishes into the ring and
@@ -101,8 +107,11 @@ import socket
 import time
 import weakref
 
+from .._timeouts import seconds
+
 __all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
-           "unavailable", "DEFAULT_CAPACITY", "DEFAULT_SPIN"]
+           "unavailable", "check_capacity", "check_spin", "DEFAULT_CAPACITY",
+           "DEFAULT_SPIN"]
 
 # Ring size of a pipe direction when none is given. A 1 MiB message is
 # smaller than half of it and so streams through the ring itself, whose
@@ -177,17 +186,30 @@ def unavailable():
     return None
 
 
+def check_capacity(capacity):
+    """Bytes of ring per direction: an int (numpy integers welcome) the ring
+    accepts, else TypeError/ValueError naming `capacity`."""
+    return _ring_module().check_layout(capacity)["capacity"]
+
+
+def check_spin(spin):
+    """`spin` (seconds, None for DEFAULT_SPIN) as the ring reads it, else
+    TypeError/ValueError naming `spin`."""
+    return _ring_module().spin_ns(DEFAULT_SPIN if spin is None else spin)
+
+
 def new_ring(capacity=DEFAULT_CAPACITY, label="mpx-channel"):
-    """A new ring in an anonymous memfd (mode 0o600)."""
+    """A new ring in an anonymous memfd (mode 0o600, sealed against
+    shrinking by Ring.create)."""
     Ring = _ring_module().Ring
-    fd = os.memfd_create(label, os.MFD_CLOEXEC)
+    fd = os.memfd_create(label, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         # A memfd has no path, but /proc/PID/fd/N reaches it: owner only.
         os.fchmod(fd, 0o600)
         ring_id = int.from_bytes(os.urandom(8), "little") or 1
         return Ring.create(fd, capacity, ring_id=ring_id)
     except BaseException:
-        os.close(fd)
+        os.close(fd)        # Ring.create leaves `fd` to us when it fails
         raise
 
 
@@ -287,13 +309,12 @@ class Channel:
     def set_spin(self, spin):
         if spin is None:
             spin = DEFAULT_SPIN
-        if not spin >= 0:
-            raise ValueError(f"spin must be >= 0 seconds, not {spin!r}")
+        ns = check_spin(spin)
         self.spin = float(spin)
         for r in (self._in, self._out):
             if r is not None:
                 r.shutdown_exc = self.eof_exc
-                r.spin_max_ns = int(spin * 1e9)
+                r.spin_max_ns = ns
         if self._in is not None:
             # recv_obj spins, then naps on the ring's futex, before the
             # epoll sleep of _recv_when_empty.
@@ -419,8 +440,10 @@ class Channel:
     def recv(self, timeout=None, spin=True):
         """The next message, as the ring gives it (bytes, or (tag, parts)).
         Raises eof_exc once the peer is gone and the ring drained, and
-        TimeoutError if `timeout` seconds pass first."""
+        TimeoutError if `timeout` seconds pass first (None or inf: never)."""
         ring = self._in
+        if timeout is not None:
+            timeout = seconds(timeout)
         try:
             # (Looking first is cheaper than an exception from an empty ring.)
             if ring.wait_readable(0):
@@ -486,8 +509,10 @@ class Channel:
 
     def poll(self, timeout=0.0):
         """True if a message (or EOF) is waiting, waiting up to `timeout`
-        seconds (None: for ever)."""
+        seconds (None or inf: for ever)."""
         self._check_open()
+        if timeout is not None:
+            timeout = seconds(timeout)
         try:
             if self._in.wait_readable(0):
                 return True

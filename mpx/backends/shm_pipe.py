@@ -31,12 +31,12 @@ Messages in the ring: see ``_ring_codec`` (shared with the shm queues);
 two apart either.
 """
 
-import weakref
 from multiprocessing import reduction
 
 from . import _ring_channel, _ring_codec
 from ._ring_codec import TAG_PICKLE, TAG_TEXT
-from .. import _serial
+from .. import _serial, _timeouts
+from .._ext.ring import conn_recv, conn_send
 
 __all__ = ["FAMILIES", "Pipe", "Connection", "unavailable"]
 
@@ -64,29 +64,31 @@ class Connection:
         chan.codec(codec.decode, **codec.ring_hooks)
         self._bind()
 
+    # send and recv are compiled functions of the ring extension, used as
+    # this class's methods: the fast path runs without a Python frame, and,
+    # being methods, they hold the end as the stdlib's do (`s = conn.send;
+    # del conn; s(obj)` delivers; a thread blocked in recv() keeps its end).
+    # They run the rings' send_obj/recv_obj, which call back into the
+    # channel only to ring a bell, wait for room or sleep. When an end
+    # cannot send or receive (closed, the wrong direction, or it stopped
+    # reading), _send_ring/_recv_ring are None and they call _send/_recv,
+    # which raise the stdlib's errors. A call racing a close() in another
+    # thread gets the ring's RingClosed, an OSError like the stdlib's
+    # "handle is closed".
+    send = conn_send
+    recv = conn_recv
+    _send_ring = None
+    _recv_ring = None
+
     def _bind(self):
-        # As the shm queue does: send/recv are then the rings' compiled
-        # send_obj/recv_obj, with no Python frame on the fast path (they
-        # call back into the channel only to ring a bell, wait for room or
-        # sleep). The class's methods (which raise the stdlib's errors) come
-        # back when an end stops reading or is closed; a call racing a
-        # close() in another thread gets the ring's RingClosed, an OSError
-        # like the stdlib's "handle is closed".
-        # Each ring keeps this end alive for the length of a send_obj or
-        # recv_obj call (ring.owner), as a bound method of the class would:
-        # a thread blocked in recv() of an end the program has dropped gets
-        # the next message instead of the end closing under it (__del__).
-        me = weakref.ref(self)
         if self._writable:
-            self._chan.out_ring.owner = me
-            self.send = self._chan.out_ring.send_obj
+            self._send_ring = self._chan.out_ring
         if self._readable:
-            self._chan.in_ring.owner = me
-            self.recv = self._chan.in_ring.recv_obj
+            self._recv_ring = self._chan.in_ring
 
     def _unbind(self):
-        self.__dict__.pop("send", None)
-        self.__dict__.pop("recv", None)
+        self._send_ring = None
+        self._recv_ring = None
 
     # --------------------------------------------------------------- state
 
@@ -173,13 +175,9 @@ class Connection:
             m = m[offset:offset + size]
         chan.send(m, TAG_PICKLE)
 
-    def send(self, obj):
-        """Send a serialized object. It is serialized here first: one that
-        cannot be raises and nothing is sent."""
-        chan = self._chan
-        if chan is None or not self._writable:
-            chan = self._writer()         # raises
-        chan.send_obj(obj)
+    def _send(self, obj):
+        # send() when _send_ring is None (see _bind): raises, as the stdlib.
+        self._writer().send_obj(obj)
 
     # --------------------------------------------------------------- receiving
 
@@ -193,13 +191,9 @@ class Connection:
         # An object sent with send(): what the serializer makes of it in band.
         return self._serializer.dumps(self._chan.decode(msg))
 
-    def recv(self):
-        """Receive a serialized object; EOFError once the other end is closed
-        and everything it sent has been read."""
-        chan = self._chan
-        if chan is None or not self._readable:
-            chan = self._reader()         # raises
-        return chan.recv_obj()
+    def _recv(self):
+        # recv() when _recv_ring is None (see _bind): raises, as the stdlib.
+        return self._reader().recv_obj()
 
     def recv_bytes(self, maxlength=None):
         """Receive one message as bytes. A message longer than `maxlength`
@@ -236,15 +230,23 @@ class Connection:
         # As the stdlib: the duplex end keeps writing, a read-only one closes.
         if self._writable:
             self._readable = False
-            self.__dict__.pop("recv", None)
+            self._recv_ring = None
         else:
             self.close()
         raise OSError("bad message length")
 
     def poll(self, timeout=0.0):
         """Whether there is anything to read (a message, or EOF), waiting up
-        to `timeout` seconds (None: until there is)."""
-        return self._reader().poll(timeout)
+        to `timeout` seconds (None or inf: until there is). As with the
+        stdlib, a negative timeout does not wait; NaN is a ValueError."""
+        chan = self._reader()
+        if timeout is not None:
+            try:
+                negative = timeout < 0
+            except TypeError:
+                negative = False        # seconds() says what is wrong with it
+            timeout = 0.0 if negative else _timeouts.seconds(timeout)
+        return chan.poll(timeout)
 
     # --------------------------------------------------------------- travel
 
@@ -277,14 +279,11 @@ def Pipe(ctx, duplex=True, *, serializer=None, capacity=None, spin=None):
     0 never spins).
     """
     serializer = _serial.get_serializer(serializer)
+    # Checked before anything is made (errors name the option).
     if capacity is None:
         capacity = _ring_channel.DEFAULT_CAPACITY
-    elif isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
-    elif capacity < 1:
-        raise ValueError(f"capacity must be a positive number of bytes, not {capacity}")
-    if spin is not None and not (isinstance(spin, (int, float)) and spin >= 0):
-        raise ValueError(f"spin must be a number of seconds >= 0, not {spin!r}")
+    _ring_channel.check_capacity(capacity)
+    _ring_channel.check_spin(spin)
     a, b = _ring_channel.pair(bool(duplex), capacity, eof_exc=EOFError, spin=spin)
     if duplex:
         return (Connection(a, True, True, serializer), Connection(b, True, True, serializer))
