@@ -624,9 +624,16 @@ def test_pickled_named_queue_opens_by_name(named):
 
 def test_foreign_segment_is_refused(named):
     name = named()
-    with open(os.path.join("/dev/shm", name), "wb") as f:
-        f.write(b"not a queue" * 1000)
+    path = os.path.join("/dev/shm", name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    os.write(fd, b"not a queue" * 1000)
+    os.close(fd)
     with pytest.raises(ringmod.RingError, match="not an mpx queue"):
+        mpx.Queue(name=name, backend="shm")
+    # Readable by others, it is refused before anything is read (issue 19).
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionError, match="mode 0o644"):
         mpx.Queue(name=name, backend="shm")
 
 
@@ -765,3 +772,119 @@ class QueueModel(RuleBasedStateMachine):
 QueueModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
                                         deadline=None)
 test_queue_against_queue_queue = QueueModel.TestCase
+
+
+# ------------------------------------------------------ issue 19 (items 9, 11, 14)
+
+BAD_LAYOUTS = [
+    ({"inline_max": -1}, ValueError, "inline_max must be"),
+    ({"inline_max": 2 ** 70}, ValueError, "inline_max must be"),
+    ({"area_backlog": 2 ** 70}, ValueError, "area_backlog must be"),
+    ({"area": "x"}, TypeError, "area must be an int"),
+    ({"spin": "x"}, TypeError, "spin must be"),
+]
+
+
+@pytest.mark.parametrize("kw, exc, error", BAD_LAYOUTS)
+def test_bad_layout_gives_its_own_error_not_EBADF(kw, exc, error):
+    open_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(exc, match=error):
+        mpx.Queue(backend="shm", **kw)
+    assert set(os.listdir("/proc/self/fd")) <= open_before      # nothing leaked
+
+
+def test_failed_creation_never_closes_a_descriptor_it_does_not_own():
+    # The failed create used to close its descriptor twice: a file another
+    # thread opened meanwhile under that number lost its descriptor.
+    with open(__file__, "rb") as f:
+        fd = f.fileno()
+        stop, errors = threading.Event(), []
+
+        def churn():
+            while not stop.is_set():
+                try:
+                    n = os.open(__file__, os.O_RDONLY)
+                    os.fstat(n)
+                    os.close(n)
+                except OSError as e:
+                    errors.append(e)
+
+        th = threading.Thread(target=churn)
+        th.start()
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                for kw, exc, error in BAD_LAYOUTS:
+                    with pytest.raises(exc, match=error):
+                        mpx.Queue(backend="shm", **kw)
+        finally:
+            stop.set()
+            th.join(10)
+        os.fstat(fd)                     # still ours
+        assert f.read(3) == b'"""'
+    assert not errors, errors[:3]
+
+
+def test_capacity_takes_any_integer_type():
+    q = mpx.Queue(backend="shm", capacity=np.int64(8192), maxsize=np.int32(3))
+    assert q.capacity == 8192 and q.maxsize == 3
+    q.close()
+    with pytest.raises(TypeError, match="capacity must be an int"):
+        mpx.Queue(backend="shm", capacity=8192.0)
+
+
+def test_bound_put_and_get_outlive_the_queue_object():
+    # p = q.put; del q; p(1) works, as with the stdlib's queues.
+    q = mpx.Queue(backend="shm")
+    p, g = q.put, q.get
+    del q
+    gc.collect()
+    p(1)
+    assert g(timeout=5) == 1
+    sq = mpx.SimpleQueue(backend="shm")
+    p, g = sq.put, sq.get
+    del sq
+    gc.collect()
+    p("x")
+    assert g() == "x"
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("call", ["get", "put", "put_many", "get_many", "join",
+                                  "get_nowait_ignores"])
+def test_nan_timeout_is_a_ValueError_at_once(call):
+    q = mpx.JoinableQueue(1, backend="shm")
+    if call in ("put", "put_many", "join"):
+        q.put(0)                         # full, and a task not done: they would wait
+    t = time.monotonic()
+    if call == "get_nowait_ignores":
+        # block=False reads no timeout, as seconds() and the stdlib do.
+        with pytest.raises(queue.Empty):
+            q.get(False, NAN)
+    else:
+        with pytest.raises(ValueError, match="NaN"):
+            {"get": lambda: q.get(timeout=NAN),
+             "put": lambda: q.put(1, timeout=NAN),
+             "put_many": lambda: q.put_many([1], timeout=NAN),
+             "get_many": lambda: q.get_many(timeout=NAN),
+             "join": lambda: q.join(timeout=NAN)}[call]()
+    assert time.monotonic() - t < 1
+    q.close()
+
+
+def test_inf_and_huge_timeouts_wait_for_ever_and_negatives_are_errors():
+    q = mpx.JoinableQueue(backend="shm")
+    for timeout in (INF, 10 ** 30, 1e300):
+        threading.Timer(0.1, q.put, ("late",)).start()
+        assert q.get(timeout=timeout) == "late"
+        threading.Timer(0.1, q.task_done).start()
+        assert q.join(timeout=timeout) is True
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.join(timeout=-0.5)
+    with pytest.raises(TypeError, match="timeout must be"):
+        q.get(timeout="1")
+    q.close()

@@ -8,11 +8,32 @@ carries a queue to other processes.
 Where the queue's memory lives
     An anonymous queue is a memfd: it never appears in /dev/shm and the
     kernel frees it when the last process holding it closes it or exits.
-    A named queue is the file /dev/shm/<name>, mode 0o600. It is created
-    race-free: the creator builds the complete ring in an unnamed O_TMPFILE
-    and then links it under the name, so an opener never sees half a queue
-    and a creator that dies leaves nothing. Only ``unlink()`` (or
-    ``python -m mpx rm``) removes the name.
+    A named queue is the file /dev/shm/<name>, made with ``mode=`` (default
+    0o600). It is created race-free: the creator builds the complete ring in
+    an unnamed O_TMPFILE and then links it under the name, so an opener
+    never sees half a queue and a creator that dies leaves nothing. Only
+    ``unlink()`` (or ``python -m mpx rm``) removes the name.
+
+Who may open a named queue (``mpx._trust``)
+    What comes out of a queue is unpickled, so opening a queue is trusting
+    whoever can put into it. An existing /dev/shm/<name> is opened only if
+    it is a regular file (not a symbolic link) owned by this user or root
+    and granting group/others nothing beyond ``mode=``; this is checked on
+    the opened descriptor before anything of it is read or mapped, and a
+    refusal is a PermissionError. ``mode=0o660``/``0o666`` (the creator's
+    and the openers' alike) shares a queue with the group or everyone on
+    purpose: it also accepts queues that other users made, i.e. it trusts
+    them with running code in this process.
+
+Truncation
+    A process whose mapped ring is cut short by ``ftruncate`` dies of
+    SIGBUS when it touches the lost pages. An anonymous queue's memfd is
+    sealed against shrinking (F_SEAL_SHRINK, F_SEAL_SEAL), so nobody can.
+    A file in /dev/shm cannot be sealed (the kernel allows seals on memfds
+    only): attach refuses a file shorter than its header says, and the
+    rules above keep other users' and others-writable files out, but the
+    owner of a named queue (or root) truncating it while it is in use
+    still kills the processes using it.
 
 How a queue travels to another process
     Handed to a child at start under spawn/forkserver, the descriptor goes
@@ -37,6 +58,7 @@ import weakref
 
 from .. import _names
 from .. import _serial
+from .. import _trust
 from . import _ring_codec
 from ..queues import ShutDown
 
@@ -85,6 +107,14 @@ def _check_name(name):
     if not bare or bare in (".", "..") or "/" in bare or "\0" in bare or len(bare) > 250:
         raise ValueError(f"invalid queue name {name!r}: use 1-250 characters without '/' "
                          "(one leading '/' is allowed, as with shm_open)")
+    try:
+        # The name is a file name and goes into the record of named
+        # objects: one that has no UTF-8 form (a lone surrogate) would be
+        # linked in /dev/shm and then fail to be recorded.
+        bare.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid queue name {name!r}: it cannot be encoded as UTF-8 "
+                         "(it holds a lone surrogate)") from None
     return bare
 
 
@@ -92,19 +122,13 @@ def _path(bare):
     return os.path.join(SHM_DIR, bare)
 
 
-def _check_capacity(capacity):
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError(f"capacity must be an int (bytes), not {type(capacity).__name__}")
-    if capacity < 1:
-        raise ValueError(f"capacity must be a positive number of bytes, not {capacity}")
-    return capacity
-
-
 def _check_maxsize(maxsize):
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int):
-        raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+    if isinstance(maxsize, bool):
+        raise TypeError("maxsize must be an int, not bool")
+    try:
+        maxsize = operator.index(maxsize)
+    except TypeError:
+        raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}") from None
     # As in multiprocessing: maxsize <= 0 means no limit.
     if maxsize <= 0:
         return 0
@@ -113,26 +137,55 @@ def _check_maxsize(maxsize):
     return maxsize
 
 
-def _new_ring(fd, capacity, maxsize, kind, layout):
+def _check_options(capacity, maxsize, inline_max, area, area_backlog, spin, mode):
+    """Every option checked (errors name it) before anything is created:
+    (layout for Ring.create, the ring's check_layout of it, mode)."""
+    maxsize = _check_maxsize(maxsize)
+    layout = {"inline_max": inline_max, "area": area, "area_backlog": area_backlog}
+    checked = _ring.check_layout(DEFAULT_CAPACITY if capacity is None else capacity,
+                                 maxsize, **layout)
+    _ring.spin_ns(spin)
+    mode = _trust.check_mode(mode, owner_rw=True)
+    return layout, checked, mode
+
+
+def _new_ring(fd, capacity, maxsize, kind, layout, mode):
+    # Exactly `mode`, whatever the umask (a memfd has no path, but
+    # /proc/PID/fd/N reaches it).
+    os.fchmod(fd, mode)
     ring_id = int.from_bytes(os.urandom(8), "little") or 1
     return _ring.Ring.create(fd, capacity, maxsize=maxsize, kind=kind,
                              ring_id=ring_id, **layout)
 
 
-def _create_anonymous(capacity, maxsize, kind, layout):
-    fd = os.memfd_create("mpx-queue", os.MFD_CLOEXEC)
+def _create_anonymous(capacity, maxsize, kind, layout, mode):
+    # Sealable: Ring.create seals it against shrinking (see "Truncation").
+    fd = os.memfd_create("mpx-queue", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        return _new_ring(fd, capacity, maxsize, kind, layout)
+        return _new_ring(fd, capacity, maxsize, kind, layout, mode)
     except BaseException:
-        os.close(fd)
+        os.close(fd)        # Ring.create leaves `fd` to us when it fails
         raise
 
 
-def _attach_fd(fd, expect_id=None):
-    """Attach the ring in `fd` (owned by the Ring on success, closed on failure)."""
+def _check_file(fd, what, mode):
+    """The trust rule (mpx._trust) on the opened descriptor `fd`, before
+    anything of it is read: PermissionError for another user's file or one
+    others may write beyond `mode`, RingError for what is not a file."""
+    st = os.fstat(fd)
+    _trust.check_owner(what, uids=(st.st_uid,), perm=st.st_mode, mode=mode)
+    if not stat.S_ISREG(st.st_mode):
+        raise _ring.RingError(f"{what} is not an mpx queue: not a regular file")
+    return st
+
+
+def _attach_fd(fd, expect_id=None, what=None, mode=None):
+    """Attach the ring in `fd` (owned by the Ring on success, closed on
+    failure). With `mode`, the file must pass the trust rule first."""
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if mode is not None:
+            _check_file(fd, what, mode)
+        elif not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _ring.RingError("not an mpx queue: not a regular file")
         ring = _ring.Ring.attach(fd)
     except BaseException:
@@ -144,22 +197,41 @@ def _attach_fd(fd, expect_id=None):
     return ring
 
 
-def _open_named(bare, capacity, maxsize, kind, layout, create=True):
+# Opening an existing queue: never through a symbolic link, never blocking
+# (whatever squats the name), never as a controlling terminal.
+_OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+
+def _open_existing(bare, mode, expect_id=None):
+    """Attach the existing /dev/shm/<bare> under the trust rule.
+    FileNotFoundError if there is none; None if `expect_id` is given and
+    the ring there is another one."""
+    path = _path(bare)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            _trust.refuse(f"the shm queue {path}",
+                          "it is a symbolic link (an mpx queue never is; another user "
+                          "may have planted it to redirect you)")
+        raise
+    try:
+        return _attach_fd(fd, expect_id, f"the shm queue {path}", mode)
+    except _ring.RingError as e:
+        raise _ring.RingError(f"{path}: {e}") from None
+
+
+def _open_named(bare, capacity, maxsize, kind, layout, mode, create=True):
     """Open /dev/shm/<bare>, creating it if absent: (ring, created)."""
     path = _path(bare)
     for _ in range(1000):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return _open_existing(bare, mode), False
         except FileNotFoundError:
             if not create:
                 raise FileNotFoundError(errno.ENOENT, f"no mpx queue named {bare!r}",
                                         path) from None
-        else:
-            try:
-                return _attach_fd(fd), False
-            except _ring.RingError as e:
-                raise _ring.RingError(f"{path}: {e}") from None
-        ring = _create_linked(bare, path, capacity, maxsize, kind, layout)
+        ring = _create_linked(bare, path, capacity, maxsize, kind, layout, mode)
         if ring is not None:
             return ring, True
         # Someone else created it first: open theirs.
@@ -167,7 +239,7 @@ def _open_named(bare, capacity, maxsize, kind, layout, create=True):
                   "appearing and disappearing)")
 
 
-def _create_linked(bare, path, capacity, maxsize, kind, layout):
+def _create_linked(bare, path, capacity, maxsize, kind, layout, mode):
     """Build a complete ring in an unnamed file, then give it the name in one
     step: openers never see a half-made queue, and a creator that dies before
     the link leaves nothing behind. None if the name was taken meanwhile."""
@@ -177,10 +249,9 @@ def _create_linked(bare, path, capacity, maxsize, kind, layout):
         if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise OSError(e.errno, f"cannot create a named queue in {SHM_DIR}: "
                                    f"{e.strerror}") from None
-        return _create_renamed(bare, path, capacity, maxsize, kind, layout)
+        return _create_renamed(bare, path, capacity, maxsize, kind, layout, mode)
     try:
-        os.fchmod(fd, 0o600)       # exactly 0o600, whatever the umask
-        ring = _new_ring(fd, capacity, maxsize, kind, layout)
+        ring = _new_ring(fd, capacity, maxsize, kind, layout, mode)
     except BaseException:
         os.close(fd)
         raise
@@ -199,7 +270,7 @@ def _create_linked(bare, path, capacity, maxsize, kind, layout):
                 raise
             except OSError:
                 ring.close()
-                return _create_renamed(bare, path, capacity, maxsize, kind, layout)
+                return _create_renamed(bare, path, capacity, maxsize, kind, layout, mode)
     except FileExistsError:
         ring.close()
         return None
@@ -212,7 +283,7 @@ def _create_linked(bare, path, capacity, maxsize, kind, layout):
 _INIT_PREFIX = ".mpx-init."
 
 
-def _create_renamed(bare, path, capacity, maxsize, kind, layout):
+def _create_renamed(bare, path, capacity, maxsize, kind, layout, mode):
     """Fallback where an unnamed file cannot be linked: build the ring under
     a hidden temporary name, then link it into place. The temporary name is
     always removed; one left by a creator that was killed is swept by the
@@ -223,8 +294,7 @@ def _create_renamed(bare, path, capacity, maxsize, kind, layout):
                  0o600)
     try:
         try:
-            os.fchmod(fd, 0o600)
-            ring = _new_ring(fd, capacity, maxsize, kind, layout)
+            ring = _new_ring(fd, capacity, maxsize, kind, layout, mode)
         except BaseException:
             os.close(fd)
             raise
@@ -249,23 +319,32 @@ def _sweep_init_files():
         names = os.listdir(SHM_DIR)
     except OSError:
         return
+    me = os.geteuid()
     for n in names:
         if not n.startswith(_INIT_PREFIX):
             continue
+        full = os.path.join(SHM_DIR, n)
         try:
             pid = int(n[len(_INIT_PREFIX):].split(".")[0])
+            # Only our own leftovers: another user's file of that name is
+            # theirs to sweep, whatever its name says.
+            st = os.lstat(full)
+            if st.st_uid != me or not stat.S_ISREG(st.st_mode):
+                continue
             os.kill(pid, 0)
         except ProcessLookupError:
             try:
-                os.unlink(os.path.join(SHM_DIR, n))
+                os.unlink(full)
             except OSError:
                 pass
         except (ValueError, OSError):
             pass
 
 
-def _reopen(handle, name, ring_id):
-    """Find the ring a pickled queue refers to, in this process."""
+def _reopen(handle, name, ring_id, mode):
+    """Find the ring a pickled queue refers to, in this process. Whatever is
+    found by name or through /proc must pass the trust rule for `mode` (the
+    queue's own) before it is attached, and carry the queue's random id."""
     how = handle[0]
     if how == "dup":
         # Handed over at process start: the descriptor came with us, and is
@@ -280,24 +359,21 @@ def _reopen(handle, name, ring_id):
     _, holders = handle
     if name is not None:
         try:
-            fd = os.open(_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            pass
-        else:
-            try:
-                ring = _attach_fd(fd, ring_id)
-            except _ring.RingError:
-                ring = None
-            if ring is not None:
-                return ring
+            ring = _open_existing(name, mode, ring_id)
+        except (OSError, _ring.RingError):
+            ring = None          # gone, replaced, or not to be trusted
+        if ring is not None:
+            return ring
     for pid, fd in holders:
         # Any live process that holds the queue lets us reopen it.
+        what = f"the queue held by pid {pid} as descriptor {fd}"
         try:
-            fd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
+            fd = os.open(f"/proc/{int(pid)}/fd/{int(fd)}",
+                         os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except (OSError, TypeError, ValueError):
             continue
         try:
-            ring = _attach_fd(fd, ring_id)
+            ring = _attach_fd(fd, ring_id, what, mode)
         except (OSError, _ring.RingError):
             continue
         if ring is not None:
@@ -309,7 +385,7 @@ def _reopen(handle, name, ring_id):
 
 
 def _rebuild(cls, name, handle, ring_id, serializer, kind, options):
-    ring = _reopen(handle, name, ring_id)
+    ring = _reopen(handle, name, ring_id, options.get("mode", 0o600))
     obj = cls.__new__(cls)
     obj._setup(ring, name, False, serializer, options)
     return obj
@@ -342,30 +418,31 @@ class _RingQueue:
     _family = "Queue"
 
     def __init__(self, ctx=None, maxsize=0, *, serializer=None, capacity=None, name=None,
-                 inline_max=None, spin=None, area=None, area_backlog=None):
+                 inline_max=None, spin=None, area=None, area_backlog=None, mode=0o600):
         serializer = _serial.get_serializer(serializer)
-        maxsize = _check_maxsize(maxsize)
-        if spin is not None and not spin >= 0:       # before anything is created
-            raise ValueError(f"spin must be >= 0 seconds, not {spin}")
+        # Everything is checked before anything is created or recorded.
+        layout, checked, mode = _check_options(capacity, maxsize, inline_max, area,
+                                               area_backlog, spin, mode)
+        maxsize = checked["maxsize"]
+        cap = checked["capacity"]
         kind = _KIND_CODES[self._family]
-        layout = {"inline_max": inline_max, "area": area, "area_backlog": area_backlog}
-        if name is None:
-            ring = _create_anonymous(_check_capacity(capacity), maxsize, kind, layout)
-            bare, created = None, True
+        bare = None if name is None else _check_name(name)
+        if bare is None:
+            ring = _create_anonymous(cap, maxsize, kind, layout, mode)
+            created = True
         else:
-            bare = _check_name(name)
-            ring, created = _open_named(bare, _check_capacity(capacity), maxsize, kind,
-                                        layout)
+            ring, created = _open_named(bare, cap, maxsize, kind, layout, mode)
             try:
                 if not created:
-                    self._check_same(ring, bare, self._family, capacity, maxsize)
+                    self._check_same(ring, bare, self._family,
+                                     None if capacity is None else cap, maxsize)
             except BaseException:
                 ring.close()
                 raise
             if created:
                 _names.record(self._family, "shm", bare, module=__name__,
                               capacity=ring.capacity, maxsize=ring.maxsize)
-        self._setup(ring, bare, created, serializer, {"spin": spin})
+        self._setup(ring, bare, created, serializer, {"spin": spin, "mode": mode})
 
     @staticmethod
     def _check_same(ring, bare, family, capacity, maxsize):
@@ -379,11 +456,8 @@ class _RingQueue:
         if maxsize and ring.maxsize != maxsize:
             raise ValueError(f"the queue {bare!r} exists with maxsize={ring.maxsize}, "
                              f"not {maxsize}")
-        if capacity is not None:
-            want = 4096
-            while want < capacity:
-                want <<= 1
-            if ring.capacity != want:
+        if capacity is not None:          # (as check_layout rounded it)
+            if ring.capacity != capacity:
                 raise ValueError(f"the queue {bare!r} exists with capacity="
                                  f"{ring.capacity}, not {capacity}")
 
@@ -393,7 +467,7 @@ class _RingQueue:
         ring.shutdown_exc = ShutDown
         spin = options.get("spin")
         if spin is not None:
-            ring.spin_max_ns = int(spin * 1e9)
+            ring.spin_max_ns = _ring.spin_ns(spin)
         self._ring = ring
         self._name = bare
         self._created = created
@@ -651,10 +725,10 @@ class ShmSimpleQueue(_RingQueue):
     _family = "SimpleQueue"
 
     def __init__(self, ctx=None, *, serializer=None, capacity=None, name=None,
-                 inline_max=None, spin=None, area=None, area_backlog=None):
+                 inline_max=None, spin=None, area=None, area_backlog=None, mode=0o600):
         super().__init__(ctx, 0, serializer=serializer, capacity=capacity, name=name,
                          inline_max=inline_max, spin=spin, area=area,
-                         area_backlog=area_backlog)
+                         area_backlog=area_backlog, mode=mode)
 
     def get(self):
         return _RingQueue.get(self)
@@ -680,8 +754,12 @@ def Queue(ctx, maxsize=0, *, serializer=None, capacity=None, name=None, **kwargs
     default 4 x capacity, may wait there before put() waits too), and beyond
     that to extents of their own: any size goes through.
     name: open the named queue /dev/shm/<name>, creating it if it does not
-    exist. spin: seconds a waiter spins before sleeping (default 50 us; 0
-    never spins).
+    exist. mode: the permissions a named queue is created with (default
+    0o600), and what an existing one may grant: one owned by another user,
+    or granting group/others more than `mode`, is refused (PermissionError)
+    unless `mode` grants group/others access, which trusts those users with
+    what this process unpickles (see mpx._trust). spin: seconds a waiter
+    spins before sleeping (default 50 us; 0 never spins; at most 10).
     """
     return ShmQueue(ctx, maxsize, serializer=serializer, capacity=capacity, name=name,
                     **kwargs)
@@ -701,27 +779,45 @@ def JoinableQueue(ctx, maxsize=0, *, serializer=None, capacity=None, name=None, 
 
 # ------------------------------------------- the CLI's view of named queues
 
+def _entry_name(entry):
+    """The queue name of a record (untrusted input: checked like any name)."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return _check_name(name)
+
+
+# Looking at a queue for ls/rm: read-only, never through a symbolic link,
+# never blocking on whatever squats the name.
+_PEEK_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+
 def describe(entry):
-    """For ``python -m mpx ls``: None if the named queue is gone, else a dict."""
-    path = _path(entry["name"])
+    """For ``python -m mpx ls``: None if the named queue is gone, else a
+    dict. Reads a copy of the header (os.pread of a read-only descriptor):
+    nothing is mapped, nothing is opened for writing."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        bare = _entry_name(entry)
+    except (TypeError, ValueError) as e:
+        return {"size": "?", "error": f"unusable record: {e}"}
+    try:
+        fd = os.open(_path(bare), _PEEK_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as e:
+        why = "a symbolic link, not a queue" if e.errno == errno.ELOOP else e.strerror
+        return {"size": "?", "error": why}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {"size": "?", "error": "not a regular file"}
+        data = os.pread(fd, _ring.HEADER_SIZE, 0)
+    except OSError as e:
         return {"size": "?", "error": e.strerror}
-    try:
-        ring = _ring.Ring.attach(fd, holder=False)
-    except (OSError, _ring.RingError) as e:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        return {"size": "?", "error": str(e)}
-    try:
-        info = ring.info()
     finally:
-        ring.close()
+        os.close(fd)
+    try:
+        info = _ring.header_info(data)
+    except _ring.RingError as e:
+        return {"size": "?", "error": str(e)}
     return {"size": f"{info['messages']} msgs",
             "capacity": info["capacity"], "maxsize": info["maxsize"],
             "kind": _KIND_NAMES.get(info["kind"], "?"),
@@ -729,9 +825,39 @@ def describe(entry):
 
 
 def remove(entry):
-    """For ``python -m mpx rm``: unlink the named queue and forget it."""
+    """For ``python -m mpx rm``: unlink the named queue and forget it.
+
+    The record only says which name to look at; the file there is removed
+    only if it is a regular file (not a link), owned by this user (root
+    removes only root's), and starts with the ring's magic number:
+    PermissionError or ValueError naming the file otherwise."""
+    bare = _entry_name(entry)
+    path = _path(bare)
     try:
-        os.unlink(_path(entry["name"]))
+        st = os.lstat(path)
+    except FileNotFoundError:
+        _forget_all(bare)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not an mpx queue (not a regular file); not removed")
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise PermissionError(errno.EPERM, f"not removing {path}: it is owned by uid "
+                              f"{st.st_uid}, not by this user (uid {me})")
+    fd = os.open(path, _PEEK_FLAGS)
+    try:
+        now = os.fstat(fd)
+        magic = os.pread(fd, 8, 0)
+    finally:
+        os.close(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise PermissionError(errno.EPERM, f"not removing {path}: it was replaced "
+                              "while being checked")
+    if len(magic) != 8 or int.from_bytes(magic, "little") != _ring.MAGIC:
+        raise ValueError(f"{path} is not an mpx queue (it does not start with the ring's "
+                         "magic number); not removed")
+    try:
+        os.unlink(path)
     except FileNotFoundError:
         pass
-    _forget_all(entry["name"])
+    _forget_all(bare)
