@@ -24,6 +24,17 @@ through a process that holds the segment (see the backends' docstrings), so
 the sender of an anonymous array must keep a reference until the receiver
 has it (or the array needs a name).
 
+Trust
+-----
+What a segment's header says is believed only after checking it: attaching
+by name first applies ``mpx._trust``'s rule to the object itself (owned by
+this user or root, granting group/others nothing beyond the opener's
+``mode=``, default 0o600), then checks every header field against the
+segment's real size, and refuses a dtype that holds Python objects at any
+depth (its "objects" would be pointers made of the data bytes).
+``unlink(name)`` and ``python -m mpx rm`` remove only this user's own
+segments that start with the SharedArray magic (see the backends).
+
 Segment layout (version 1), written by this module; backends map raw bytes
 --------------------------------------------------------------------------
 offset 0   8 bytes  magic b"MPXARRAY", written last, so a reader never takes
@@ -46,6 +57,7 @@ import math
 import mmap
 import operator
 import os
+import re
 import secrets
 import struct
 import threading
@@ -55,12 +67,13 @@ import weakref
 import numpy as np
 
 from . import _names
+from . import _trust
 from . import backends as _registry
+from .backends._segment import MAGIC, InvalidSegmentError
 
 __all__ = ["SharedArray", "InvalidSegmentError", "list_arrays", "unlink", "LAYOUT_VERSION"]
 
 FAMILY = "SharedArray"
-MAGIC = b"MPXARRAY"
 LAYOUT_VERSION = 1
 # magic, layout version, metadata length, data offset, data bytes, token, reserved
 _FIXED = struct.Struct("<8sIIQQ16s16x")
@@ -70,12 +83,13 @@ _HANDLE_VERSION = 1
 # its header yet (creation is a few system calls, so this is generous).
 _ATTACH_WAIT = 2.0
 _MAX_BYTES = 1 << 62
-
-
-class InvalidSegmentError(ValueError):
-    """A segment that is not an mpx SharedArray, is damaged, or was written by
-    an mpx with another layout version."""
-
+# numpy's limit on dimensions (NPY_MAXDIMS in numpy 2).
+_MAX_DIMS = 64
+# A header's dtype: plain kinds only (bool, integers, floats, complex,
+# datetimes, bytes, str, raw void), nested at most this deep.
+_PLAIN_KINDS = frozenset("biufcmMSUV")
+_MAX_DTYPE_DEPTH = 32
+_PLAIN_DTYPE = re.compile(r"[<>|=]?[a-zA-Z]\d{0,10}(\[\d{0,10}[a-zA-Z]{1,7}\])?\Z")
 
 class _NotReady(Exception):
     """The segment exists but its creator has not published the header yet."""
@@ -100,19 +114,64 @@ def _encode_dtype(dt):
     return dt.str
 
 
-def _decode_dtype(enc):
+class _ObjectDtype(ValueError):
+    """A header's dtype holds Python objects."""
+
+
+def _is_int(n):
+    return isinstance(n, int) and not isinstance(n, bool)
+
+
+def _int_list(value, what):
+    if not isinstance(value, (list, tuple)) or not all(_is_int(n) for n in value):
+        raise ValueError(f"{what} {value!r:.100} is not a list of integers")
+    return list(value)
+
+
+def _decode_dtype(enc, depth=0):
+    """The dtype that `enc` (``_encode_dtype``'s form, read from a header that
+    anyone able to write the segment may have written) describes. Only the
+    shapes ``_encode_dtype`` makes are accepted, and only plain kinds:
+    ValueError/TypeError otherwise, ``_ObjectDtype`` for Python objects."""
+    if depth > _MAX_DTYPE_DEPTH:
+        raise ValueError("dtype description nested too deeply")
     if isinstance(enc, str):
-        return np.dtype(enc)
+        if not _PLAIN_DTYPE.match(enc):
+            raise ValueError(f"{enc!r:.100} is not the description of a plain dtype")
+        dt = np.dtype(enc)
+        if dt.hasobject or dt.kind == "O":
+            raise _ObjectDtype(f"dtype {enc!r} holds Python objects")
+        if dt.names is not None or dt.subdtype is not None or dt.kind not in _PLAIN_KINDS:
+            raise ValueError(f"dtype {enc!r} is not a plain fixed-size dtype")
+        return dt
     if isinstance(enc, tuple) and len(enc) == 3 and enc[0] == "subarray":
-        return np.dtype((_decode_dtype(enc[1]), tuple(enc[2])))
+        shape = _int_list(enc[2], "subarray shape")
+        if len(shape) > _MAX_DIMS or any(n < 0 for n in shape):
+            raise ValueError(f"subarray shape {enc[2]!r:.100} is not a shape")
+        return np.dtype((_decode_dtype(enc[1], depth + 1), tuple(shape)))
     if isinstance(enc, dict):
-        spec = {"names": enc["names"],
-                "formats": [_decode_dtype(f) for f in enc["formats"]],
-                "offsets": enc["offsets"], "itemsize": enc["itemsize"]}
-        if any(t is not None for t in enc["titles"]):
-            spec["titles"] = enc["titles"]
-        return np.dtype(spec, align=bool(enc["aligned"]))
-    raise ValueError(f"unknown dtype description {enc!r}")
+        if set(enc) != {"names", "formats", "offsets", "titles", "itemsize", "aligned"}:
+            raise ValueError(f"structured dtype description with keys {sorted(map(repr, enc))}")
+        names, formats, offsets, titles = (enc["names"], enc["formats"], enc["offsets"],
+                                           enc["titles"])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+                and isinstance(formats, list) and isinstance(titles, list)
+                and all(t is None or isinstance(t, str) for t in titles)
+                and len(formats) == len(names) == len(titles)
+                and _is_int(enc["itemsize"]) and isinstance(enc["aligned"], bool)):
+            raise ValueError("malformed structured dtype description")
+        spec = {"names": names,
+                "formats": [_decode_dtype(f, depth + 1) for f in formats],
+                "offsets": _int_list(offsets, "field offsets"), "itemsize": enc["itemsize"]}
+        if len(spec["offsets"]) != len(names):
+            raise ValueError("malformed structured dtype description")
+        if any(t is not None for t in titles):
+            spec["titles"] = titles
+        dt = np.dtype(spec, align=enc["aligned"])
+        if dt.hasobject:
+            raise _ObjectDtype(f"structured dtype {dt} holds Python objects")
+        return dt
+    raise ValueError(f"unknown dtype description {enc!r:.100}")
 
 
 # --- argument checks ----------------------------------------------------------
@@ -157,20 +216,11 @@ def _check_dtype(dtype):
         raise ValueError(f"dtype {dt} has no size; give one (e.g. 'U10' or 'S16')")
     try:
         ok = _decode_dtype(_encode_dtype(dt)) == dt
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
         ok = False
     if not ok:
         raise TypeError(f"dtype {dt!r} cannot be described in a shared segment")
     return dt
-
-
-def _check_mode(mode):
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be permission bits between 0 and 0o777, got {mode!r}")
-    if mode & 0o600 != 0o600:
-        raise ValueError(f"mode {mode:#o} must let the owner read and write (0o600): "
-                         f"the creator writes the array's header")
-    return mode
 
 
 def _contiguous_strides(shape, itemsize, order):
@@ -181,6 +231,12 @@ def _contiguous_strides(shape, itemsize, order):
         strides[i] = step
         step *= max(shape[i], 1)
     return tuple(strides)
+
+
+def _span(shape, itemsize):
+    """Bytes from the first element to past the last stride step: what the
+    largest contiguous stride reaches (zero dimensions counted as one)."""
+    return math.prod(max(n, 1) for n in shape) * itemsize
 
 
 def _extent(offset, shape, strides, itemsize):
@@ -219,6 +275,10 @@ def _publish(root, header):
 
 
 def _parse_header(root, what):
+    """The header of the segment mapped as `root` (uint8), every field checked
+    against the others and the segment's real size before anything believes
+    it; InvalidSegmentError naming the problem, ``_NotReady`` when the magic
+    is not written yet."""
     size = len(root)
     if size == 0:
         raise _NotReady
@@ -234,27 +294,43 @@ def _parse_header(root, what):
         raise InvalidSegmentError(f"{what} has SharedArray layout version {version}, but "
                                   f"this mpx reads version {LAYOUT_VERSION} only; open it "
                                   f"with the mpx release that made it")
+    # Python integers: no sum or product below can overflow.
     if (meta_len > _MAX_META or _FIXED.size + meta_len > data_offset
-            or data_offset + nbytes > size):
+            or data_offset > size or nbytes > size - data_offset):
         raise InvalidSegmentError(f"{what} has a damaged SharedArray header (sizes do not "
                                   f"fit: metadata {meta_len}, data at {data_offset} + "
-                                  f"{nbytes} bytes, segment {size} bytes)")
+                                  f"{nbytes} bytes, segment {size} bytes; was it truncated?)")
     h = _Header()
     try:
         meta = ast.literal_eval(root[_FIXED.size:_FIXED.size + meta_len].tobytes().decode("utf-8"))
-        h.dtype = _decode_dtype(meta["dtype"])
-        h.shape = tuple(operator.index(n) for n in meta["shape"])
+        if not isinstance(meta, dict):
+            raise ValueError(f"metadata is a {type(meta).__name__}, not a dict")
+        h.dtype = dt = _decode_dtype(meta["dtype"])
+        if dt.subdtype is not None or dt.itemsize <= 0:
+            raise ValueError(f"dtype {dt} is not an element type")
+        shape = _int_list(meta["shape"], "shape")
+        if len(shape) > _MAX_DIMS or any(not 0 <= n <= _MAX_BYTES for n in shape):
+            raise ValueError(f"shape {tuple(shape)!r:.200} is not a shape")
+        h.shape = tuple(shape)
         h.order = meta["order"]
+        if h.order not in ("C", "F"):
+            raise ValueError(f"order {h.order!r:.50} is neither 'C' nor 'F'")
         h.name = meta["name"]
-        strides = tuple(meta["strides"])
-        if h.order not in ("C", "F") or any(n < 0 for n in h.shape):
-            raise ValueError("bad order or shape")
-        if math.prod(h.shape) * h.dtype.itemsize != nbytes:
-            raise ValueError(f"shape {h.shape} of {h.dtype} does not fill {nbytes} bytes")
-        if strides != _contiguous_strides(h.shape, h.dtype.itemsize, h.order):
+        if h.name is not None and not isinstance(h.name, str):
+            raise ValueError(f"name {h.name!r:.100} is not a str")
+        strides = tuple(_int_list(meta["strides"], "strides"))
+        if math.prod(h.shape) * dt.itemsize != nbytes:
+            raise ValueError(f"shape {h.shape} of {dt} does not fill {nbytes} bytes")
+        if _span(h.shape, dt.itemsize) > _MAX_BYTES:
+            raise ValueError(f"shape {h.shape} of {dt} is too large")
+        if strides != _contiguous_strides(h.shape, dt.itemsize, h.order):
             raise ValueError(f"strides {strides} do not match shape and order")
-    except (ValueError, TypeError, KeyError, SyntaxError, UnicodeDecodeError,
-            MemoryError, RecursionError) as e:
+    except _ObjectDtype as e:
+        raise InvalidSegmentError(f"{what}'s header declares a dtype holding Python objects "
+                                  f"({e}): refusing it, since its objects would be pointers "
+                                  f"made of the data bytes") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, SyntaxError,
+            UnicodeDecodeError, MemoryError, RecursionError) as e:
         raise InvalidSegmentError(f"{what} has a damaged SharedArray header "
                                   f"({type(e).__name__}: {e})") from None
     h.token = token
@@ -297,6 +373,9 @@ class _Mapping:
 
     def view(self, cls, offset, shape, strides, dtype, writeable):
         dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise InvalidSegmentError(f"a SharedArray handle asks for dtype {dtype}, which "
+                                      f"holds Python objects; shared memory holds none")
         if not self._inside(offset, shape, strides, dtype.itemsize):
             raise InvalidSegmentError(f"a SharedArray handle points outside its array "
                                       f"(offset {offset}, shape {shape}, strides {strides})")
@@ -413,25 +492,36 @@ def _candidates(backend):
     return found
 
 
-def _open_named(backend, module, name, readonly):
+def _open_named(backend, module, name, readonly, mode):
     what = f"{backend} SharedArray {name!r}"
     deadline = time.monotonic() + _ATTACH_WAIT
     delay = 0.001
     while True:
-        segment = module.attach(name, readonly=readonly)
+        segment = module.attach(name, readonly=readonly, mode=mode)
         try:
             m = _adopt(backend, module, segment, what)
         except _NotReady:
+            if module.PUBLISHES_WHOLE:
+                # Such a backend links a name only to a finished segment.
+                raise InvalidSegmentError(
+                    f"{what} has no SharedArray header (it is "
+                    f"{'empty' if segment.size == 0 else 'zero-filled'}): it is not an mpx "
+                    f"array (mpx names a {backend} array only once its header is "
+                    f"written)") from None
+            gone = segment.creator_gone()
             del segment
-            if time.monotonic() >= deadline:
-                raise InvalidSegmentError(f"{what} has no SharedArray header: it is not an "
-                                          f"mpx array, or its creator died while making it")
+            if gone or time.monotonic() >= deadline:
+                raise InvalidSegmentError(
+                    f"{what} has no SharedArray header: it is not an mpx array, or its "
+                    f"creator died while making it (if it is yours, "
+                    f"mpx.sharedarray.unlink({name!r}, backend={backend!r}) removes "
+                    f"it)") from None
             time.sleep(delay)   # its creator is between create and publish
             delay = min(delay * 2, 0.05)
             continue
         if module.HASHED_NAMES and m.header_name != name:
             raise InvalidSegmentError(f"{what} shares its {backend} key with the array "
-                                      f"{m.name!r} (two names hash to one key); use "
+                                      f"{m.header_name!r} (two names hash to one key); use "
                                       f"another name or backend")
         return m
 
@@ -461,36 +551,32 @@ def _by_name(name, backend, action):
                             os.fspath(name))
 
 
-def _find(name, backend, readonly):
+def _find(name, backend, readonly, mode):
     """(mapping) of the named array, looking in every backend if none given."""
-    return _by_name(name, backend,
-                    lambda bname, module, cname: _open_named(bname, module, cname, readonly))
+    return _by_name(name, backend, lambda bname, module, cname:
+                    _open_named(bname, module, cname, readonly, mode))
 
 
-def _unlink(backend, module, name, token=None):
-    """Unlink `name` if it holds an mpx array (the one with `token`, if given)."""
-    try:
-        segment = module.attach(name, readonly=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"the {backend} SharedArray {name!r} does not "
-                                f"exist (already unlinked?)", name) from None
-    what = f"{backend} SharedArray {name!r}"
-    try:
-        header = _parse_header(np.frombuffer(segment.buffer, np.uint8), what)
-    except _NotReady:
-        header = None
-    except InvalidSegmentError:
-        if token is None:
-            raise
-        header = None
-    del segment
-    if token is not None:
-        if header is None or header.token != token:
-            raise FileNotFoundError(errno.ENOENT, f"the {what} was already unlinked (the "
-                                    f"name now belongs to another object)", name)
-    elif header is None:
-        raise InvalidSegmentError(f"{what} has no SharedArray header; not removing it "
-                                  f"(python -m mpx rm removes what mpx recorded)")
+def _mappings_of(backend, name):
+    with _lock:
+        return [m for m in list(_cache.values())
+                if m.backend == backend and m.name == name and not m.unlinked]
+
+
+def _unlink_name(backend, module, name):
+    """Unlink the array named `name` (``unlink(name)``). When this process
+    maps that very array, its identity is proof enough and nothing is opened
+    (so it works with no free descriptor); otherwise the backend checks the
+    object itself: the caller's own, an mpx segment."""
+    for m in _mappings_of(backend, name):
+        try:
+            module.unlink(name, identity=m.segment.identity)
+        except FileNotFoundError:
+            break               # the name leads elsewhere now: check that one
+        for other in _mappings_of(backend, name):
+            if other.segment.identity == m.segment.identity:
+                other.unlinked = True
+        return
     module.unlink(name)
 
 
@@ -523,7 +609,7 @@ class SharedArray(np.ndarray):
         if order not in ("C", "F", "c", "f"):
             raise ValueError(f"order must be 'C' or 'F', not {order!r}")
         order = order.upper()
-        mode = _check_mode(mode)
+        mode = _trust.check_mode(mode, owner_rw=True)
         if path is not None:
             if name is not None:
                 raise ValueError("give a name or a path, not both")
@@ -531,23 +617,27 @@ class SharedArray(np.ndarray):
                 raise ValueError(f"path= is for the file backend, not {backend!r}")
             backend, name = "file", path
         nbytes = math.prod(shape) * dt.itemsize
-        if nbytes > _MAX_BYTES:
+        if nbytes > _MAX_BYTES or _span(shape, dt.itemsize) > _MAX_BYTES:
             raise ValueError(f"an array of shape {shape} and dtype {dt} ({nbytes} bytes) "
                              f"is too large")
         bname, module = _registry.resolve(FAMILY, backend)
         if name is not None:
             name = module.canonical_name(name)
         header, data_offset, _ = _build_header(name, dt, shape, order, nbytes)
+        # The backend writes the header before the name appears (where it
+        # can), so nobody finds the array half-made.
         segment = module.create(name, data_offset + nbytes, mode=mode,
                                 meta={"shape": list(shape), "dtype": str(dt),
-                                      "bytes": nbytes, "order": order})
+                                      "bytes": nbytes, "order": order},
+                                init=lambda buf: _publish(np.frombuffer(buf, np.uint8), header))
         try:
-            root = np.frombuffer(segment.buffer, np.uint8)
-            _publish(root, header)
             m = _adopt(bname, module, segment, f"new {bname} SharedArray")
         except BaseException:
             if name is not None:
-                module.unlink(name)
+                try:
+                    module.unlink(name, identity=segment.identity)
+                except OSError:
+                    pass
             raise
         return m.full(cls)
 
@@ -581,15 +671,23 @@ class SharedArray(np.ndarray):
     # -- sharing API
 
     @classmethod
-    def attach(cls, name, *, readonly=False, backend=None):
+    def attach(cls, name, *, readonly=False, backend=None, mode=0o600):
         """Open the existing named array `name` (any process may).
 
         `backend` None looks in every SharedArray backend. `readonly` maps
         it read-only: writes raise ValueError. FileNotFoundError if there is
         no such array; InvalidSegmentError (a ValueError) if the name holds
-        something that is not an mpx array of this layout version.
+        something that is not an mpx array of this layout version, or whose
+        header does not fit the segment.
+
+        `mode` is how widely the opener is willing to share (as in
+        ``mpx._trust``): with the default 0o600, an array owned by another
+        user (not root), or one that group or others may access, is refused
+        with PermissionError before a byte of it is read; ``mode=0o660``
+        accepts arrays shared with the group on purpose, and so on.
         """
-        return _find(name, backend, bool(readonly)).full(cls)
+        mode = _trust.check_mode(mode)
+        return _find(name, backend, bool(readonly), mode).full(cls)
 
     @classmethod
     def from_array(cls, arr, name=None, *, backend=None, order=None, mode=0o600, path=None):
@@ -620,7 +718,10 @@ class SharedArray(np.ndarray):
         if m.unlinked:
             raise FileNotFoundError(errno.ENOENT, f"the {m.backend} SharedArray {m.name!r} "
                                     f"was already unlinked", m.name)
-        _unlink(m.backend, m.module, m.name, m.token)
+        # Only if the name still leads to this very segment; checked without
+        # opening anything, so it works when the process has no descriptor
+        # left.
+        m.module.unlink(m.name, identity=m.segment.identity)
         m.unlinked = True
 
     def flush(self):
@@ -656,31 +757,53 @@ class SharedArray(np.ndarray):
 
 def unlink(name, *, backend=None):
     """Unlink the named SharedArray `name` without attaching it
-    (FileNotFoundError if there is none; InvalidSegmentError, and nothing is
-    removed, if the name holds something that is not an mpx array)."""
-    _by_name(name, backend, _unlink)
+    (FileNotFoundError if there is none). Only the caller's own mpx arrays
+    are removed: PermissionError for another user's, InvalidSegmentError
+    (and nothing is removed) for something that is not an mpx array. A SysV
+    array whose creator died before writing its header is removed too."""
+    _by_name(name, backend, _unlink_name)
+
+
+def _owner_name(uid, fallback):
+    if not isinstance(uid, int):
+        return fallback if isinstance(fallback, str) else None
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def list_arrays():
     """The named SharedArrays on this machine that mpx made and that still
     exist: a list of dicts with name, backend, shape, dtype, bytes, owner,
-    created (a time.time() value) and, where there is one, path."""
+    created (a time.time() value) and, where there is one, path.
+
+    The records behind it are untrusted (see ``mpx._names``): a record of
+    the wrong shape, one naming no SharedArray backend, or one whose object
+    is not an mpx array is left out; none stops the listing.
+    """
     rows = []
     for entry in _names.entries():
-        if entry.get("kind") != FAMILY:
+        if not isinstance(entry, dict) or entry.get("kind") != FAMILY:
+            continue
+        name, backend = entry.get("name"), entry.get("backend")
+        if not isinstance(name, str) or not isinstance(backend, str):
             continue
         try:
             # The module comes from the registry, never from the record file.
-            _, module = _registry.resolve(FAMILY, entry.get("backend"))
-        except ValueError:
+            _, module = _registry.resolve(FAMILY, backend)
+            info = module.describe(entry)
+        except Exception:
+            continue        # a record this mpx cannot make sense of
+        if not isinstance(info, dict) or info.get("error"):
             continue
-        info = module.describe(entry)
-        if info is None:
-            continue
-        meta = entry.get("meta") or {}
-        rows.append({"name": entry["name"], "backend": entry["backend"],
-                     "shape": tuple(meta.get("shape") or ()), "dtype": meta.get("dtype"),
-                     "bytes": info.get("bytes"), "owner": entry.get("owner"),
-                     "created": entry.get("created"), "path": info.get("path")})
+        created = entry.get("created")
+        rows.append({"name": name, "backend": backend,
+                     "shape": tuple(info.get("shape") or ()), "dtype": info.get("dtype"),
+                     "bytes": info.get("bytes"),
+                     "owner": _owner_name(info.get("owner_uid"), entry.get("owner")),
+                     "created": created if isinstance(created, (int, float)) else None,
+                     "path": info.get("path")})
     rows.sort(key=lambda r: (r["backend"], r["name"]))
     return rows

@@ -7,11 +7,22 @@ business; nothing here imports it. The segment API, the same in
 
 How this backend does it
 ------------------------
-Named segments are ``posix_ipc`` shared-memory objects (/dev/shm/NAME); the
-name may be given with or without its leading slash. Creating one reserves
-its pages with ``posix_fallocate``: /dev/shm is a tmpfs of limited size, and
-a sparse object that outgrew it would kill the process with SIGBUS at the
-first write; reserving turns that into an OSError at creation.
+Named segments are POSIX shared-memory objects, the files /dev/shm/NAME
+that ``shm_open`` makes (opened here directly, as glibc does, with
+O_NOFOLLOW); the name may be given with or without its leading slash.
+Creating one reserves its pages with ``posix_fallocate``: /dev/shm is a
+tmpfs of limited size, and a sparse object that outgrew it would kill the
+process with SIGBUS at the first write; reserving turns that into an OSError
+at creation. The object is built complete (header included) as an unnamed
+O_TMPFILE in /dev/shm and then linked under its name, so the name never
+holds a half-made array, whatever happens to its creator. Opening an
+existing name applies ``mpx._trust``'s rule to the object before reading it.
+
+Anonymous memfds are sealed against shrinking and growing (F_SEAL_SHRINK,
+F_SEAL_GROW, then F_SEAL_SEAL): no process that reaches one can truncate it
+under the others, which would kill them with SIGBUS. A named object cannot
+be sealed (the kernel allows seals on memfds only): its owner, and anyone
+its mode lets write, can still truncate it; mpx checks its size at attach.
 
 Anonymous segments are ``memfd_create`` files: they have no name, so nothing
 can leak in /dev/shm, and the kernel frees them when the last descriptor and
@@ -28,26 +39,30 @@ process that had the segment is still holding it.
 """
 
 import errno
+import fcntl
 import os
 
-import posix_ipc
-
 from ._segment import (
-    NAME_MAX, FdSegment, check_size, describe_file, new_segment, not_found, reattach_fd,
-    record, remove_quietly, segment_or_close, unlink_recorded)
+    NAME_MAX, FdSegment, attach_fd, check_size, create_linked, describe_path, entry_name,
+    new_segment, not_found, open_existing, reattach_fd, record, remove_entry,
+    unlink_recorded, unlink_verified)
 
-__all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
-           "attach", "reattach", "unlink", "describe", "remove", "unavailable"]
+__all__ = ["FAMILIES", "HASHED_NAMES", "PUBLISHES_WHOLE", "Segment", "canonical_name",
+           "create", "attach", "reattach", "unlink", "describe", "remove", "unavailable"]
 
 FAMILIES = ("SharedArray",)
 BACKEND = "posix"
 HASHED_NAMES = False
+PUBLISHES_WHOLE = True
+
+SHM_DIR = "/dev/shm"
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 def unavailable():
     if not hasattr(os, "memfd_create"):
         return "os.memfd_create is missing (needs Linux 3.17+)"
-    if not os.path.isdir("/dev/shm"):
+    if not os.path.isdir(SHM_DIR):
         return "/dev/shm is not mounted"
     return None
 
@@ -61,7 +76,12 @@ def canonical_name(name):
     if "/" in bare or "\0" in bare:
         raise ValueError(f"POSIX shared-memory name {name!r} may not contain '/' "
                          f"(except one leading slash) or NUL; the file backend takes paths")
-    if len(bare.encode()) > NAME_MAX:
+    try:
+        raw = os.fsencode(bare)
+    except UnicodeEncodeError:
+        raise ValueError(f"POSIX shared-memory name {name!r} cannot be a file name "
+                         f"(it holds a lone surrogate)") from None
+    if len(raw) > NAME_MAX:
         raise ValueError(f"POSIX shared-memory name {name!r} is longer than {NAME_MAX} bytes")
     return bare
 
@@ -72,38 +92,36 @@ class Segment(FdSegment):
     _label = "posix"
 
 
-def _shm_open(name, flags, mode=0o600, readonly=False):
-    """A new descriptor of /dev/shm/`name` (posix_ipc's is closed at once)."""
-    try:
-        shm = posix_ipc.SharedMemory("/" + name, flags, mode=mode, read_only=readonly)
-    except posix_ipc.ExistentialError:
-        if flags & posix_ipc.O_CREAT:
-            raise FileExistsError(errno.EEXIST, f"a POSIX shared-memory object named "
-                                  f"{name!r} already exists", name) from None
-        raise not_found("POSIX shared-memory", name) from None
-    except posix_ipc.PermissionsError as e:
-        raise PermissionError(errno.EACCES, f"no permission to open POSIX shared memory "
-                              f"{name!r} ({e})", name) from None
-    try:
-        return os.dup(shm.fd)   # os.dup's copy is close-on-exec
-    finally:
-        shm.close_fd()
+def _path(name):
+    return os.path.join(SHM_DIR, name)
 
 
-def _unlink_quietly(name):
-    try:
-        posix_ipc.unlink_shared_memory("/" + name)
-    except posix_ipc.Error:
-        pass
+def _what(name):
+    return f"POSIX shared memory {name!r}"
 
 
-def create(name, size, *, mode=0o600, meta=None):
+def _missing(name):
+    return lambda: not_found("POSIX shared-memory", name)
+
+
+def _open(name, readonly):
+    return open_existing(_path(name), readonly, _what(name), _missing(name))
+
+
+def _seal(fd, size):
+    os.ftruncate(fd, size)
+    # Nobody who reaches this memfd (through /proc/<pid>/fd) may shrink it
+    # under the processes that map it, nor change that (module docstring).
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+
+
+def create(name, size, *, mode=0o600, meta=None, init=None):
     size = check_size(size)
     if name is None:
         # memfds live on the kernel's internal tmpfs, which has no size limit
         # of its own (memory limits apply): a sparse size is safe.
-        return new_segment(Segment, None, os.memfd_create("mpx-sharedarray", os.MFD_CLOEXEC),
-                           mode, size, os.ftruncate)
+        fd = os.memfd_create("mpx-sharedarray", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        return new_segment(Segment, None, fd, mode, size, _seal, init)
     name = canonical_name(name)
 
     def reserve(fd, size):
@@ -112,42 +130,51 @@ def create(name, size, *, mode=0o600, meta=None):
         except OSError as e:
             raise OSError(e.errno, f"cannot reserve {size} bytes in /dev/shm for "
                           f"{name!r}: {os.strerror(e.errno)}") from None
-    segment = new_segment(Segment, name, _shm_open(name, posix_ipc.O_CREX, mode), mode, size,
-                          reserve, lambda: _unlink_quietly(name))
+    try:
+        segment = create_linked(Segment, name, SHM_DIR, _path(name), mode, size, reserve, init)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, f"a POSIX shared-memory object named "
+                              f"{name!r} already exists", name) from None
     record(BACKEND, __name__, name, meta)
     return segment
 
 
-def attach(name, *, readonly=False):
+def attach(name, *, readonly=False, mode=0o600):
     name = canonical_name(name)
-    return segment_or_close(Segment, name, _shm_open(name, 0, readonly=readonly), readonly)
+    return attach_fd(Segment, name, _path(name), readonly, mode, _what(name), _missing(name))
 
 
 def reattach(ref, *, readonly=False):
     # Only a missing name sends it to the holders: a name this process may
     # not open is reported as such.
-    return reattach_fd(ref, readonly, Segment,
-                       lambda name, readonly: _shm_open(name, 0, readonly=readonly),
-                       FileNotFoundError, "POSIX", "the shared memory")
+    return reattach_fd(ref, readonly, Segment, _open, FileNotFoundError, "POSIX",
+                       "the shared memory")
 
 
-def unlink(name):
+def unlink(name, *, identity=None):
     name = canonical_name(name)
 
     def remove():
         try:
-            posix_ipc.unlink_shared_memory("/" + name)
-        except posix_ipc.ExistentialError:
-            raise not_found("POSIX shared-memory", name) from None
-        except posix_ipc.PermissionsError as e:
-            raise PermissionError(errno.EPERM, f"no permission to unlink POSIX shared memory "
-                                  f"{name!r} ({e})", name) from None
+            unlink_verified(_path(name), _what(name), _missing(name), identity)
+        except PermissionError as e:
+            if e.errno != errno.EACCES and e.errno != errno.EPERM or e.filename is None:
+                raise
+            raise PermissionError(e.errno, f"no permission to unlink POSIX shared memory "
+                                  f"{name!r} ({e.strerror})", name) from None
     unlink_recorded(BACKEND, name, remove)
 
 
+def _entry_path(entry):
+    try:
+        return _path(canonical_name(entry_name(entry)))
+    except (TypeError, ValueError):
+        return None
+
+
 def describe(entry):
-    return describe_file(entry, lambda entry: "/dev/shm/" + canonical_name(entry["name"]))
+    return describe_path(entry, _entry_path(entry))
 
 
 def remove(entry):
-    remove_quietly(unlink, entry["name"])
+    remove_entry(entry, canonical_name, unlink)

@@ -26,29 +26,45 @@ numpy array built on it, is gone.
 Two details of ``sysv_ipc`` matter here: a newly created segment is filled
 with ``init_character`` by a memset unless it is attached read-only, which is
 why segments are created with mode 0o400, then given their real mode and
-re-attached read-write (the kernel already zero-fills them, and a memset
-would touch every page of a huge array at once); and opening by key attaches
-read-only exactly when the requested mode lacks owner write (0o400), which is
-how ``readonly`` attaches work.
+attached a second time read-write before the first attachment goes (the
+kernel already zero-fills them, and a memset would touch every page of a
+huge array at once); and opening by key attaches read-only exactly when the
+requested mode lacks owner write (0o400), which is how ``readonly`` attaches
+work.
+
+Trust and leftovers: a key exists from its first moment, so unlike the
+posix and file backends a SysV name can hold a segment whose header is not
+written yet (``PUBLISHES_WHOLE`` is False). Its creator stays attached from
+``shmget`` until the header is written, and the named-object record is
+written before the header, so a segment with a zero header that nobody else
+has attached (or whose creator is dead) is one whose creator died making
+it: ``unlink(name)`` and ``python -m mpx rm`` remove it when it is the
+caller's (owner and creator uid). Attaching applies ``mpx._trust``'s rule to
+the segment's uid, cuid and mode before reading a byte of it.
 """
 
 import ctypes
 import errno
 import hashlib
+import os
 import time
 import weakref
 
 import sysv_ipc
 
+from .. import _names
+from .. import _trust
 from ._segment import (
-    check_size, describe_row, gone_error, not_found, record, remove_quietly, unlink_recorded)
+    KIND, InvalidSegmentError, check_magic, check_removable, check_size, describe_row,
+    entry_name, gone_error, not_found, record, remove_entry, unlink_recorded)
 
-__all__ = ["FAMILIES", "HASHED_NAMES", "Segment", "canonical_name", "create",
-           "attach", "reattach", "unlink", "describe", "remove", "key_for"]
+__all__ = ["FAMILIES", "HASHED_NAMES", "PUBLISHES_WHOLE", "Segment", "canonical_name",
+           "create", "attach", "reattach", "unlink", "describe", "remove", "key_for"]
 
 FAMILIES = ("SharedArray",)
 BACKEND = "sysv"
 HASHED_NAMES = True
+PUBLISHES_WHOLE = False
 
 
 def canonical_name(name):
@@ -56,6 +72,10 @@ def canonical_name(name):
         raise TypeError(f"a SysV SharedArray name must be a str, not {type(name).__name__}")
     if not name or "\0" in name:
         raise ValueError(f"{name!r} is not a usable SysV SharedArray name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"SysV SharedArray name {name!r} holds a lone surrogate") from None
     return name
 
 
@@ -73,6 +93,28 @@ def _detach(shm):
         pass
 
 
+def _pid_gone(pid):
+    if pid <= 0:
+        return False        # not visible from here (another pid namespace): unknown
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _abandoned(shm):
+    """True when a segment with no header will never get one: its creator is
+    dead, or nobody but this one attachment has it (a creator stays attached
+    until its header is written)."""
+    try:
+        return _pid_gone(shm.creator_pid) or shm.number_attached <= 1
+    except sysv_ipc.Error:
+        return False
+
+
 class Segment:
     """One attachment of a SysV segment in this process."""
 
@@ -82,6 +124,7 @@ class Segment:
         self.identity = shm.id
         self.size = shm.size
         self.readonly = readonly
+        self._shm = shm
         raw = (ctypes.c_ubyte * self.size).from_address(shm.address)
         # Detach when the last buffer over these bytes is gone (never
         # earlier: a view of a detached segment would crash). In a fork child
@@ -97,6 +140,14 @@ class Segment:
 
     def flush(self):
         pass
+
+    def creator_gone(self):
+        """True when the process that created the segment has died: a zero
+        header will never be written."""
+        try:
+            return _pid_gone(self._shm.creator_pid)
+        except sysv_ipc.Error:
+            return False
 
     def __repr__(self):
         what = repr(self.name) if self.name else "anonymous"
@@ -119,7 +170,7 @@ def _segment_or_detach(shm, name, readonly):
         raise
 
 
-def create(name, size, *, mode=0o600, meta=None):
+def create(name, size, *, mode=0o600, meta=None, init=None):
     size = check_size(size)
     if name is None:
         key = sysv_ipc.IPC_PRIVATE
@@ -138,19 +189,31 @@ def create(name, size, *, mode=0o600, meta=None):
                          f"(see /proc/sys/kernel/shmmax and shmall)") from None
     except sysv_ipc.Error as e:
         raise OSError(f"cannot create a SysV shared-memory segment: {e}") from None
+    rw = None
     try:
+        if name is not None:
+            # Recorded before the header, so that python -m mpx rm finds a
+            # segment whose creator dies before writing it.
+            record(BACKEND, __name__, name, meta, key=key)
         shm.mode = mode
-        shm.detach()
-        shm.attach()
+        # The read-write attachment is made before the read-only one goes:
+        # the segment is never without its creator attached until the
+        # header is written (see _abandoned).
+        rw = sysv_ipc.attach(shm.id)
+        _detach(shm)
         if name is None:
-            shm.remove()    # freed by the kernel at the last detach (docstring)
-        segment = Segment(shm, name, False)
+            rw.remove()     # freed by the kernel at the last detach (docstring)
+        segment = Segment(rw, name, False)
+        if init is not None:
+            init(segment.buffer)
     except BaseException:
         _remove_quietly(shm)
         _detach(shm)
+        if rw is not None:
+            _detach(rw)
+        if name is not None:
+            _names.forget(KIND, BACKEND, name)
         raise
-    if name is not None:
-        record(BACKEND, __name__, name, meta, key=key)
     return segment
 
 
@@ -174,9 +237,20 @@ def _open_by_key(name, mode):
             time.sleep(0.005)
 
 
-def attach(name, *, readonly=False):
+def _what(name):
+    return f"SysV SharedArray {name!r} (key {key_for(name):#x})"
+
+
+def attach(name, *, readonly=False, mode=0o600):
     name = canonical_name(name)
-    return _segment_or_detach(_open_by_key(name, 0o400 if readonly else 0o600), name, readonly)
+    shm = _open_by_key(name, 0o400 if readonly else 0o600)
+    try:
+        # Nothing is read before the owner, creator and mode pass the rule.
+        _trust.check_owner(_what(name), uids=(shm.uid, shm.cuid), perm=shm.mode, mode=mode)
+    except BaseException:
+        _detach(shm)
+        raise
+    return _segment_or_detach(shm, name, readonly)
 
 
 def reattach(ref, *, readonly=False):
@@ -191,33 +265,52 @@ def reattach(ref, *, readonly=False):
     return _segment_or_detach(shm, name, readonly)
 
 
-def unlink(name):
+def unlink(name, *, identity=None):
     name = canonical_name(name)
+    what = _what(name)
 
     def remove():
         # sysv_ipc can only find a segment's id by attaching it; mode 0 asks
-        # for no permission and attaches read-only, briefly.
+        # for no write permission and attaches read-only, briefly. SysV
+        # needs no file descriptor for any of this.
         shm = _open_by_key(name, 0)
         try:
-            shm.remove()
-        except sysv_ipc.PermissionsError as e:
-            raise PermissionError(errno.EPERM, f"no permission to remove SysV segment "
-                                  f"{name!r} ({e})", name) from None
+            if identity is not None:
+                if shm.id != identity:
+                    raise FileNotFoundError(errno.ENOENT, f"the {what} was already unlinked "
+                                            f"(the name now belongs to another object)", name)
+            else:
+                check_removable(what, (shm.uid, shm.cuid))
+                head = shm.read(8, 0) if shm.size >= 8 else b""
+                if head == bytes(8):
+                    if not _abandoned(shm):
+                        raise InvalidSegmentError(
+                            f"refusing to remove {what}: it has no SharedArray header yet "
+                            f"and its creator (pid {shm.creator_pid}) or another process "
+                            f"still has it attached; try again once it is finished")
+                else:
+                    check_magic(what, head)
+            try:
+                shm.remove()
+            except sysv_ipc.PermissionsError as e:
+                raise PermissionError(errno.EPERM, f"no permission to remove {what} ({e})",
+                                      name) from None
         finally:
             _detach(shm)
     unlink_recorded(BACKEND, name, remove)
 
 
 def _segments():
-    """{key: (shmid, size)} of the SysV segments on this machine."""
+    """{key: (shmid, size, owner uid, attached)} of the SysV segments here."""
     found = {}
     try:
         with open("/proc/sysvipc/shm") as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if len(fields) >= 4:
-                    found[int(fields[0])] = (int(fields[1]), int(fields[3]))
+                if len(fields) >= 8:
+                    found[int(fields[0])] = (int(fields[1]), int(fields[3]), int(fields[7]),
+                                             int(fields[6]))
     except (OSError, ValueError, StopIteration):
         pass
     return found
@@ -225,15 +318,16 @@ def _segments():
 
 def describe(entry):
     try:
-        key = key_for(entry["name"])
-    except (TypeError, ValueError, KeyError):
+        key = key_for(entry_name(entry))
+    except (TypeError, ValueError):
         return None
     seg = _segments().get(key)
     if seg is None:
         return None
-    shmid, segment_bytes = seg
-    return describe_row(entry, segment_bytes, key=f"{key:#x}", id=shmid)
+    shmid, segment_bytes, uid, attached = seg
+    return describe_row(entry, segment_bytes, key=f"{key:#x}", id=shmid, owner_uid=uid,
+                        attached=attached)
 
 
 def remove(entry):
-    remove_quietly(unlink, entry["name"])
+    remove_entry(entry, canonical_name, unlink)
