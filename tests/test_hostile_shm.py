@@ -438,9 +438,6 @@ def test_unlink_works_without_a_free_descriptor(named):
     assert in_child(_unlink_without_descriptors, name) == ("ok", False)
 
 
-@pytest.mark.xfail(strict=False, reason="mpx._names.forget opens the record directory, "
-                   "which needs a descriptor: the record outlives an unlink made "
-                   "without one (reported to the lead; not in this backend's files)")
 def test_unlink_without_a_free_descriptor_also_forgets_the_record(named):
     name = named()
     assert in_child(_unlink_without_descriptors, name) == ("ok", False)
