@@ -29,6 +29,7 @@ import sysv_ipc
 import mpx
 from conftest import backends_for
 from mpx import _names
+from mpx._ext.ring import RingClosed
 from mpx.backends import _mq_common, posix_mq, sysv_mq
 
 BACKENDS = [b for b in ("posix", "sysv") if b in backends_for("Queue")]
@@ -48,14 +49,11 @@ def name(request):
     n = f"mpxtest-{uuid.uuid4().hex[:12]}"
     yield n
     for each in (n, n + "-b", n + "-other"):
-        try:
-            posix_mq._remove(each)
-        except Exception:
-            pass
-        try:
-            sysv_mq._remove(each, sysv_mq.key_for_name(each))
-        except Exception:
-            pass
+        for module in (posix_mq, sysv_mq):
+            try:
+                module.remove({"name": each})
+            except Exception:
+                pass
 
 
 def kernel_queue_exists(backend, q_or_name, key=None):
@@ -715,11 +713,13 @@ def test_permission_denied_is_a_permission_error_naming_the_queue(backend, name)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mode_lets_another_user_in(backend, name):
+    # Both sides say so: the creator with the mode it creates, the other
+    # user with the mode it accepts (see mpx._trust).
     q = mpx.Queue(name=name, backend=backend, mode=0o666)
 
     def child():
         become_nobody()
-        other = mpx.Queue(name=name, backend=backend)
+        other = mpx.Queue(name=name, backend=backend, mode=0o666)
         other.put("from nobody")
         other.put(b"N" * 100_000)
         return "ok"
@@ -761,6 +761,36 @@ def test_bad_mode_and_limits():
         open_q("posix", -1)
     with pytest.raises(ValueError, match="msgsize must be at least"):
         open_q("sysv", msgsize=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", [0o400, 0o000, 0o444, 0o200, 0o066])
+def test_a_mode_the_owner_cannot_read_and_write_is_a_value_error_at_once(backend, mode, name):
+    # ValueError before anything exists (the leak check sees no tag or
+    # id). SysV used to attach such a tag read-only and crash writing its
+    # header, leaving the segment behind.
+    with pytest.raises(ValueError, match="owner read and write"):
+        mpx.Queue(name=name, backend=backend, mode=mode)
+    with pytest.raises(ValueError, match="owner read and write"):
+        open_q(backend, mode=mode)
+
+
+def put_from_child(q):
+    q.put("from the child")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_child_accepts_the_shared_queue_its_parent_opened(ctx, backend, name):
+    # The opener's mode= travels with the queue: a spawned child accepts
+    # the 0o660 queue its parent opened with mode=0o660 (with the default
+    # 0o600 it would refuse it as too open).
+    q = mpx.Queue(name=name, backend=backend, mode=0o660)
+    p = ctx.Process(target=put_from_child, args=(q,))
+    p.start()
+    assert q.get(timeout=30) == "from the child"
+    p.join(30)
+    assert p.exitcode == 0
+    q.unlink()
 
 
 # ---------------------------------------------------------------------------
@@ -852,6 +882,120 @@ def test_eintr_from_a_harmless_signal_is_retried(backend):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def _blocked_until_closed(q, call):
+    """Run `call` in a thread, close `q` from here once it waits; returns
+    (whether the thread still waits, what it raised, seconds after close)."""
+    errors = []
+
+    def run():
+        try:
+            call()
+        except BaseException as e:
+            errors.append(e)
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    q.close()
+    th.join(10)
+    return th.is_alive(), errors, time.monotonic() - t0
+
+
+BLOCKING_CALLS = {
+    # call: (family, prepare(q), the blocking call(q)); timeouts of 30 s
+    # stand for "until something happens".
+    "get": ("Queue", None, lambda q: q.get()),
+    "get-timeout": ("Queue", None, lambda q: q.get(timeout=30)),
+    "get_many": ("Queue", None, lambda q: q.get_many(timeout=30)),
+    "put-full": ("Queue", lambda q: q.put(0), lambda q: q.put(1)),
+    "put-full-timeout": ("Queue", lambda q: q.put(0), lambda q: q.put(1, timeout=30)),
+    "put-large-full": ("Queue", lambda q: q.put(0), lambda q: q.put(b"L" * 50_000)),
+    "put_many-full": ("Queue", lambda q: q.put(0), lambda q: q.put_many([1, 2])),
+    "priority-get": ("PriorityQueue", None, lambda q: q.get_with_priority()),
+    "join": ("JoinableQueue", lambda q: q.put(0), lambda q: q.join()),
+    "join-timeout": ("JoinableQueue", lambda q: q.put(0), lambda q: q.join(timeout=30)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call", list(BLOCKING_CALLS))
+def test_close_wakes_a_call_blocked_in_another_thread(backend, call):
+    # The blocked call raises RingClosed, what a blocked call of an shm
+    # queue raises when another thread closes it: an OSError and a
+    # ValueError (like a closed queue's). Well before its own timeout; no
+    # side segment is left behind.
+    family, prepare, blocking = BLOCKING_CALLS[call]
+    q = open_q(backend, 1, family=family)
+    if prepare is not None:
+        prepare(q)
+    alive, errors, took = _blocked_until_closed(q, lambda: blocking(q))
+    assert not alive, f"{call} still blocked after close()"
+    assert len(errors) == 1 and isinstance(errors[0], RingClosed), errors
+    assert isinstance(errors[0], OSError) and isinstance(errors[0], ValueError)
+    assert "closed" in str(errors[0])
+    assert took < 5
+    with pytest.raises(ValueError, match="closed"):
+        blocking(q)                         # and any later call: the closed-queue error
+    del q
+    gc.collect()
+    assert not side_segments()
+
+
+NAN = float("nan")
+NAN_CALLS = {
+    # call: (family, prepare(q), call(q)); on an empty queue for a get and a
+    # full one for a put, so a NaN that slipped through would wait.
+    "get": ("Queue", None, lambda q: q.get(timeout=NAN)),
+    "get-block-false": ("Queue", None, lambda q: q.get(False, NAN)),
+    "get_many": ("Queue", None, lambda q: q.get_many(timeout=NAN)),
+    "put": ("Queue", lambda q: q.put(0), lambda q: q.put(1, timeout=NAN)),
+    "put_many": ("Queue", lambda q: q.put(0), lambda q: q.put_many([1], timeout=NAN)),
+    "priority-put": ("PriorityQueue", lambda q: q.put(0),
+                     lambda q: q.put(1, priority=3, timeout=NAN)),
+    "priority-get": ("PriorityQueue", None, lambda q: q.get_with_priority(timeout=NAN)),
+    "join": ("JoinableQueue", lambda q: q.put(0), lambda q: q.join(timeout=NAN)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call", list(NAN_CALLS))
+def test_nan_timeout_is_a_value_error_at_once(backend, call):
+    # ValueError naming the timeout, before any wait (SysV used to wait for
+    # ever, spinning; POSIX raised "cannot convert float NaN to integer").
+    family, prepare, bad = NAN_CALLS[call]
+    q = open_q(backend, 1, family=family)
+    if prepare is not None:
+        prepare(q)
+    if call == "get-block-false":
+        # block=False never waits, whatever the timeout says (as the stdlib).
+        with pytest.raises(queue.Empty):
+            bad(q)
+        return
+    with pytest.raises(ValueError, match="timeout.*NaN"):
+        bad(q)
+    with pytest.raises(TypeError, match="timeout"):
+        q.get(timeout="1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_infinite_timeout_waits_for_ever(backend):
+    inf = float("inf")
+    q = open_q(backend, 1)
+    timer = threading.Timer(0.2, lambda: q.put("late"))
+    timer.start()
+    assert q.get(timeout=inf) == "late"
+    timer.join()
+    q.put("now", timeout=inf)
+    timer = threading.Timer(0.2, q.get)
+    timer.start()
+    q.put("after room appeared", timeout=inf)      # full until the timer's get
+    timer.join()
+    assert q.get(True, 1e300) == "after room appeared"
+    assert q.get_many(timeout=inf) if q.put("m") is None else False
+    jq = open_q(backend, family="JoinableQueue")
+    assert jq.join(timeout=inf) is True
 
 
 def test_sysv_queue_removed_under_a_waiting_getter(name):

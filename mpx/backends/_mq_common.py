@@ -57,18 +57,21 @@ import operator
 import os
 import queue
 import re
+import stat
 import struct
+import threading
 import time
 import weakref
 
-from .. import _names
-from .._ext.ring import dumps_compact, loads_compact
+from .. import _names, _timeouts, _trust
+from .._ext.ring import RingClosed, dumps_compact, loads_compact
 from .._ext.sync import SharedWord
 from .._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
 
 __all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
-           "queue_args", "open_queue", "settled_header", "half_created",
-           "Tag", "SideStore", "MessageQueueBase", "JoinableMixin", "PriorityMixin"]
+           "queue_args", "open_queue", "settled_header", "half_created", "check_header",
+           "entry_body", "Tag", "SideStore", "NotAnMpxQueue", "CorruptTag",
+           "MessageQueueBase", "JoinableMixin", "PriorityMixin"]
 
 Empty = queue.Empty
 Full = queue.Full
@@ -95,6 +98,11 @@ COMPACT = b"\x02"    # first byte: the object's compact encoding follows
 # How long an opener waits for a queue another process is creating (tag in
 # state INIT) or removing (state DEAD) before it reports the problem.
 OPEN_WAIT = 2.0
+
+# The longest single sleep of a wait that close() in another thread must be
+# able to end (join(), SysV waits): the waiter looks at its queue's closed
+# flag at least this often, so close() wakes it within about this long.
+CLOSE_POLL = 0.05
 
 # ---------------------------------------------------------------------------
 # Validation
@@ -145,14 +153,10 @@ def check_priority(priority):
 
 
 def check_timeout(block, timeout):
-    """The timeout to use: 0 when not blocking, None for ever, else seconds."""
-    if not block:
-        return 0.0
-    if timeout is None:
-        return None
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    return float(timeout)
+    """The timeout to use: 0 when not blocking, None for ever (``inf`` too),
+    else seconds; NaN and negatives are ValueError (the one rule of
+    ``mpx._timeouts``)."""
+    return _timeouts.seconds(timeout, block)
 
 
 def check_limit(what, value):
@@ -170,13 +174,10 @@ def check_limit(what, value):
 
 
 def check_mode(mode):
-    try:
-        mode = operator.index(mode)
-    except TypeError:
-        raise TypeError(f"mode must be an int such as 0o600, not {type(mode).__name__}") from None
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mode from 0 to 0o777, not {oct(mode)}")
-    return mode
+    """`mode` checked by the trust rule's reading (``mpx._trust``). The owner
+    must keep read and write: a queue its own creator cannot write is a
+    mistake (and SysV would map the tag read-only under a writer)."""
+    return _trust.check_mode(mode, owner_rw=True)
 
 
 def queue_args(name, maxsize, msgsize, mode):
@@ -251,6 +252,12 @@ class NotAnMpxQueue(ValueError):
     mpx queue (or is one of another layout version)."""
 
 
+class CorruptTag(NotAnMpxQueue):
+    """The tag starts with mpx's magic number and layout version, but a field
+    of its header holds a value mpx never writes. ``mpx rm`` still removes
+    such a queue when the caller owns it (the magic number says it is mpx's)."""
+
+
 class Tag:
     """The tag segment of one queue, over a writable buffer of TAG_SIZE bytes."""
 
@@ -289,18 +296,9 @@ class Tag:
         return bytes(self.view[:8])
 
     def header(self):
-        """The header as a dict; NotAnMpxQueue if the magic or version is wrong."""
-        h = unpack_header(self.view)
-        if h["magic"] != MAGIC:
-            raise NotAnMpxQueue("its tag segment does not start with mpx's magic number")
-        if h["version"] != LAYOUT_VERSION:
-            raise NotAnMpxQueue(f"its tag has layout version {h['version']}; this mpx "
-                                f"reads version {LAYOUT_VERSION}")
-        name_len = h.pop("name_len")
-        if name_len > TAG_SIZE - OFF_NAME or h["kind"] not in FAMILY_OF_KIND:
-            raise NotAnMpxQueue("its tag segment is corrupt")
-        h["name"] = bytes(self.view[OFF_NAME:OFF_NAME + name_len]).decode("utf-8", "replace")
-        return h
+        """The header as a dict; NotAnMpxQueue if the magic or version is
+        wrong, CorruptTag if a field holds what mpx never writes."""
+        return check_header(self.view)
 
     def wait_settled(self, deadline):
         """Wait until the creator published the tag (READY) or someone marked it
@@ -338,6 +336,40 @@ def unpack_header(view):
             "name_len": name_len, "unfinished": unfinished}
 
 
+def check_header(view):
+    """The checked header at the start of `view` (see ``Tag.header``). Every
+    field is checked that an opener acts on; the counters (sequence words,
+    waiter counts, unfinished tasks) can hold any value without harm. The
+    backends check what only the kernel knows (msgsize, maxsize)."""
+    h = unpack_header(view)
+    if h["magic"] != MAGIC:
+        raise NotAnMpxQueue("its tag segment does not start with mpx's magic number")
+    if h["version"] != LAYOUT_VERSION:
+        raise NotAnMpxQueue(f"its tag has layout version {h['version']}; this mpx "
+                            f"reads version {LAYOUT_VERSION}")
+    if h["state"] not in STATE_NAMES:
+        raise CorruptTag(f"its tag is corrupt: state word {h['state']}")
+    if h["kind"] not in FAMILY_OF_KIND:
+        raise CorruptTag(f"its tag is corrupt: kind word {h['kind']}")
+    if h["flags"] & ~FLAG_ANONYMOUS:
+        raise CorruptTag(f"its tag is corrupt: flags word {h['flags']:#x}")
+    if h["msgsize"] < MIN_MSGSIZE:
+        raise CorruptTag(f"its tag is corrupt: msgsize {h['msgsize']} is below {MIN_MSGSIZE}")
+    name_len = h.pop("name_len")
+    if not 0 < name_len <= NAME_MAX_BYTES:
+        raise CorruptTag(f"its tag is corrupt: name length {name_len}")
+    raw = bytes(view[OFF_NAME:OFF_NAME + name_len])
+    try:
+        name = raw.decode("utf-8")
+        if normalize_name(name) != name:
+            raise ValueError
+    except (UnicodeDecodeError, ValueError):
+        raise CorruptTag(f"its tag is corrupt: the name {raw[:40]!r} is not a queue "
+                         "name") from None
+    h["name"] = name
+    return h
+
+
 STATE_NAMES = {STATE_INIT: "half-created", STATE_READY: "ready", STATE_DEAD: "being removed"}
 
 
@@ -351,12 +383,13 @@ def ls_columns(header):
     return out
 
 
-def settled_header(tag, deadline, not_a_tag, half_created_error):
+def settled_header(tag, deadline, not_a_tag, half_created_error, what):
     """The header of a queue's tag once its creator has published it, or None
     when the queue is being removed (the caller lets go and tries again).
     `not_a_tag` begins the message of the NotAnMpxQueue raised when the tag
-    is something else; ``half_created_error()`` is raised when the creator
-    has not published it by `deadline`."""
+    is something else, `what` (the queue) that of one whose header is
+    corrupt or of another version; ``half_created_error()`` is raised when
+    the creator has not published it by `deadline`."""
     try:
         state = tag.wait_settled(deadline)
     except NotAnMpxQueue as e:
@@ -365,7 +398,10 @@ def settled_header(tag, deadline, not_a_tag, half_created_error):
         return None
     if state == STATE_INIT:
         raise half_created_error()
-    return tag.header()
+    try:
+        return tag.header()
+    except NotAnMpxQueue as e:
+        raise type(e)(f"{what}: {e}") from None
 
 
 def half_created(backend, family, body, module, **meta):
@@ -388,6 +424,7 @@ def open_queue(backend, body, anonymous, try_create, attach_existing, wait):
     FileNotFoundError whose ``filename`` is set when there is nothing there
     (one without, a damaged queue, goes on to the caller). `wait`: how many
     seconds a queue being created or removed may take (OPEN_WAIT)."""
+    spare_fd()                          # for unlink() when descriptors run out
     deadline = time.monotonic() + wait
     while True:
         if try_create is not None:
@@ -446,14 +483,30 @@ def check_compatible(header, name, backend, family, maxsize, msgsize):
 
 _SUFFIX = re.compile(rb"\A[0-9]+\.[0-9]+\Z")
 
+# Descriptors: open flags for files mpx finds in /dev/shm. O_NOFOLLOW: a
+# symbolic link there is another user's trap, never followed. O_NONBLOCK: a
+# FIFO planted under the name must not block the open (fstat then refuses it).
+OPEN_FOUND = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def symlink_refused(what, path):
+    """The error for a symbolic link found where mpx keeps a file."""
+    return PermissionError(errno.EACCES, f"refusing to open {what}: {path} is a symbolic "
+                                         "link (mpx never makes one; another user may have "
+                                         "planted it), remove it")
+
 
 class SideStore:
     """Side segments of one queue: /dev/shm/mpx-mqside.<tag16>.<pid>.<n>
-    (see ``side_prefix``)."""
+    (see ``side_prefix``). `mode`: what new segments are created with (the
+    queue's own mode); `trust`: the opener's ``mode=``, which a segment read
+    back must pass like the queue itself did (``mpx._trust``)."""
 
-    def __init__(self, backend, body, mode):
+    def __init__(self, backend, body, mode, trust=0o600):
         self.prefix = side_prefix(backend, body)
+        self.what = f"a large message of mpx {backend} queue {body!r}"
         self.mode = mode
+        self.trust = trust
         self.counter = itertools.count()
 
     def put(self, data):
@@ -463,9 +516,10 @@ class SideStore:
             suffix = f"{os.getpid()}.{next(self.counter)}"
             path = f"{SHM_DIR}/{self.prefix}{suffix}"
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, self.mode)
             except FileExistsError:
-                continue        # an old segment of a reused pid: take the next number
+                continue        # an old segment of a reused pid (or a trap): the next number
             except OSError as e:
                 raise OSError(e.errno, f"cannot create the side segment {path} for a "
                                        f"{len(data)}-byte message: {e.strerror}") from None
@@ -488,25 +542,39 @@ class SideStore:
         _unlink_quiet(f"{SHM_DIR}/{self.prefix}{suffix}")
 
     def take(self, ref, loads):
-        """Read, free and deserialize the segment named by frame body `ref`."""
+        """Read, free and deserialize the segment named by frame body `ref`.
+        The segment passes the trust rule before a byte of it is read."""
         if not _SUFFIX.match(ref):
             raise ValueError(f"malformed large-message reference {bytes(ref[:40])!r}; "
                              "was something other than mpx writing to this queue?")
         path = f"{SHM_DIR}/{self.prefix}{ref.decode()}"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDWR | OPEN_FOUND)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | OPEN_FOUND)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"the payload of a large message ({path}) is gone: the queue was "
                 "unlinked (or `mpx rm` swept it) while the message was in flight") from None
-        freed = True
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise symlink_refused(self.what, path) from None
+            raise
+        freed = regular = False
         try:
+            st = os.fstat(fd)
+            _trust.check_owner(f"{self.what} ({path})", uids=(st.st_uid,), perm=st.st_mode,
+                               mode=self.trust)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"the payload of a large message ({path}) is not a "
+                                 "regular file")
+            regular = True
             try:
                 os.unlink(path)     # from here on the kernel frees it when fd closes
+                freed = True
             except PermissionError:
-                freed = False       # another user's segment in sticky /dev/shm
+                pass                # another user's segment in sticky /dev/shm
             size = os.fstat(fd).st_size
             if size == 0:
                 raise ValueError(f"the payload of a large message ({path}) is empty")
@@ -517,7 +585,7 @@ class SideStore:
             finally:
                 mm.close()
         finally:
-            if not freed:
+            if regular and not freed:
                 try:
                     os.ftruncate(fd, 0)     # at least give the memory back
                 except OSError:
@@ -530,7 +598,7 @@ class SideStore:
 
 
 def count_sides(backend, body):
-    """How many side segments of queue `body` exist now (for ``mpx ls``)."""
+    """How many side segments of queue `body` exist now (for ``python -m mpx ls``)."""
     prefix = side_prefix(backend, body)
     try:
         return sum(1 for f in os.listdir(SHM_DIR) if f.startswith(prefix))
@@ -538,17 +606,74 @@ def count_sides(backend, body):
         return 0
 
 
-def sweep_prefix(prefix):
+def sweep_prefix(prefix, uid=None):
+    """Unlink every file in SHM_DIR whose name starts with `prefix` (and,
+    with `uid`, that this uid owns); returns how many. Files this user may
+    not remove (another user's, in sticky /dev/shm) are left to their owner.
+    OSError when SHM_DIR cannot be listed."""
     n = 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    for fname in names:
+    for fname in os.listdir(SHM_DIR):
         if fname.startswith(prefix):
-            if _unlink_quiet(f"{SHM_DIR}/{fname}"):
-                n += 1
+            path = f"{SHM_DIR}/{fname}"
+            if uid is not None:
+                try:
+                    if os.stat(path, follow_symlinks=False).st_uid != uid:
+                        continue
+                except FileNotFoundError:
+                    continue
+            try:
+                if _unlink_quiet(path):
+                    n += 1
+            except PermissionError:
+                pass
     return n
+
+
+# One spare descriptor per process: unlink() must work in a process that has
+# run out of descriptors (EMFILE). Removing a queue needs a descriptor for
+# two things only, one at a time: the listing of SHM_DIR that finds its side
+# segments, and the record directory. The spare is closed to make room for
+# them and opened again after (a forked child holds its own copy; exec
+# closes it).
+_spare = None
+_spare_lock = threading.Lock()
+
+
+def spare_fd():
+    """Make sure this process holds its spare descriptor (queues call it when
+    they open; failing to get one is not an error)."""
+    global _spare
+    if _spare is None:
+        with _spare_lock:
+            if _spare is None:
+                try:
+                    _spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+
+
+def with_spare_fd(func, *args):
+    """``func(*args)``; when this process has no free descriptor, with the
+    spare given back for the length of the call."""
+    global _spare
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+    else:
+        return func(*args)
+    with _spare_lock:
+        if _spare is not None:
+            os.close(_spare)
+            _spare = None
+        try:
+            return func(*args)
+        finally:
+            try:
+                _spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
 
 
 def _unlink_quiet(path):
@@ -563,6 +688,15 @@ def _unlink_quiet(path):
 # Records for `python -m mpx ls/rm`
 
 RECORD_KINDS = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
+
+
+def entry_body(entry):
+    """The queue name of record `entry` (untrusted input: anyone could have
+    written it), checked like a name passed to a constructor."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(f"the record holds no queue name (found {name!r})")
+    return normalize_name(name)
 
 
 def forget_all(backend, name):
@@ -684,6 +818,12 @@ class MessageQueueBase:
         if self._closed:
             raise ValueError(f"{self!r} is closed")
 
+    def _closed_while_waiting(self):
+        """What a call blocked in this object raises when another thread
+        closes it: the shm queue's RingClosed (an OSError and a ValueError),
+        so that one ``except`` serves every backend."""
+        return RingClosed(f"{self!r} was closed (by another thread) while this call waited")
+
     # -- the API ----------------------------------------------------------
 
     def put(self, obj, block=True, timeout=None):
@@ -798,8 +938,9 @@ class MessageQueueBase:
     def unlink(self):
         """Remove the queue from the system: its kernel queue, its tag, every
         side segment, its record. Processes that still have it open may see
-        errors (SysV) or keep what they hold (POSIX). Idempotent."""
-        self._unlink_resources(self._res)
+        errors (SysV) or keep what they hold (POSIX). Idempotent; works in a
+        process that has run out of descriptors."""
+        with_spare_fd(self._unlink_resources, self._res)
 
     def __enter__(self):
         return self
@@ -833,9 +974,13 @@ def _rebuild(cls, state, serializer):
 
 
 def _finalize(close, unlink, res, owner_pid):
-    close(res)
-    if owner_pid is not None and owner_pid == os.getpid():
-        unlink(res)
+    # Unlink first: it uses what this process still holds (the mapped tag,
+    # the kernel ids), so it needs no new descriptor.
+    try:
+        if owner_pid is not None and owner_pid == os.getpid():
+            with_spare_fd(unlink, res)
+    finally:
+        close(res)
 
 
 class JoinableMixin:
@@ -899,16 +1044,20 @@ class JoinableMixin:
         """Block until every item put has been task_done(). Returns True, or
         False if `timeout` seconds passed first."""
         self._check_open()
+        timeout = _timeouts.seconds(timeout)
         word = self._tag.unfinished
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             v = word.load()
             if v == 0:
                 return True
+            if self._closed:
+                raise self._closed_while_waiting()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            word.wait(v, timeout=left)
+            # Capped, so that a close() in another thread is seen in time.
+            word.wait(v, timeout=CLOSE_POLL if left is None else min(left, CLOSE_POLL))
 
 
 class PriorityMixin:

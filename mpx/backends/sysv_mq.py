@@ -37,18 +37,32 @@ Limits
 
 Waiting without a timed receive
 -------------------------------
-SysV has no ``msgrcv`` with a timeout. ``get()``/``put()`` that wait for ever
-block in the kernel (GIL released, EINTR retried after the signal handlers
-ran). A wait with a timeout sleeps on a futex in the tag: a waiter registers
-in a waiter count, re-checks the queue and sleeps on a sequence word; a put
-(or get) that finds the opposite count non-zero bumps the word and wakes the
-sleepers. The check is one shared-memory load per operation, no system call.
-Because the kernel serializes msgsnd/msgrcv on the queue's lock, a put whose
-load misses a waiter's registration happened before that waiter's re-check,
-which then finds the message: no lost wake-ups between mpx processes. Each
-sleep is still capped at 50 ms so that a process killed between its send and
-its bump, or a sender that is not mpx, delays a waiter by at most that:
-no polling loop, no core burnt.
+SysV has no ``msgrcv`` with a timeout, and nothing can end a ``msgrcv``
+blocked in the kernel from another thread of the same process (close()
+must). So ``get()``/``put()`` never block in the kernel: they try without
+waiting (one system call when there is a message, or room) and otherwise
+sleep on a futex in the tag: a waiter registers in a waiter count, re-checks
+the queue and sleeps on a sequence word; a put (or get) that finds the
+opposite count non-zero bumps the word and wakes the sleepers. The check is
+one shared-memory load per operation, no system call. Because the kernel
+serializes msgsnd/msgrcv on the queue's lock, a put whose load misses a
+waiter's registration happened before that waiter's re-check, which then
+finds the message: no lost wake-ups between mpx processes. Each sleep is
+still capped at 50 ms so that a process killed between its send and its
+bump, a sender that is not mpx, or a close() in another thread delays a
+waiter by at most that: no polling loop, no core burnt. EINTR is retried
+after the signal handlers ran; an exception they raise gets through.
+
+Trust
+-----
+``mode`` (default 0o600) is what new objects are created with (the owner
+keeps read and write) and what an opener accepts (``mpx._trust``): the tag
+segment, the message queue and the semaphore on the key must each have
+owner *and* creator uid equal to this user or root, and grant group and
+others nothing beyond ``mode``; otherwise PermissionError, before anything
+is read from them (the tag is checked before it is even attached). A
+``mode`` that grants group or others access opts in to queues other users
+made.
 """
 
 import errno
@@ -58,13 +72,14 @@ import time
 
 import sysv_ipc
 
-from .. import _names
+from .. import _names, _trust
 from ._mq_common import (
-    MIN_MSGSIZE, OPEN_WAIT, Empty, Full, FLAG_ANONYMOUS, KIND_OF_FAMILY, TAG_SIZE,
-    JoinableMixin, MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore, Tag,
-    check_compatible, check_limit, count_sides, forget_all, half_created, ls_columns,
-    normalize_name, open_queue, queue_args, read_int, settled_header, side_prefix,
-    sweep_prefix, SHM_DIR, PRIORITY_MAX, OFF_DATA_WAITERS, OFF_SPACE_WAITERS)
+    MAGIC, MIN_MSGSIZE, NAME_MAX_BYTES, OFF_NAME, OPEN_WAIT, Empty, Full, FLAG_ANONYMOUS,
+    KIND_OF_FAMILY, TAG_SIZE, CorruptTag, JoinableMixin, MessageQueueBase, NotAnMpxQueue,
+    PriorityMixin, SideStore, Tag, check_compatible, check_header, check_limit, count_sides,
+    entry_body, forget_all, half_created, ls_columns, normalize_name, open_queue, queue_args,
+    read_int, settled_header, side_prefix, sweep_prefix, SHM_DIR, PRIORITY_MAX,
+    OFF_DATA_WAITERS, OFF_SPACE_WAITERS)
 from ._mq_common import PRIORITY_MIN  # noqa: F401  (documented here too)
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
@@ -73,6 +88,7 @@ BACKEND = "sysv"
 TYPE_BASE = PRIORITY_MAX + 1    # priority p travels as message type TYPE_BASE - p
 FIFO_TYPE = 1
 WAIT_CAP = 0.05             # longest single futex sleep of a timed wait (see above)
+SHM_DEST = 0o1000           # in a segment's mode: removed, alive while still attached
 DATA_WAITERS = OFF_DATA_WAITERS // 4      # indexes into Tag.words; the hot paths
 SPACE_WAITERS = OFF_SPACE_WAITERS // 4    # spell them as literals (a global costs 20 ns)
 assert (DATA_WAITERS, SPACE_WAITERS) == (5, 7)
@@ -118,17 +134,82 @@ def _removed_error(body):
                                 "this process was using it")
 
 
+def _what(body):
+    return f"mpx sysv queue {body!r}"
+
+
+def _proc_row(kind, key):
+    """The row of /proc/sysvipc/`kind` (shm, msg or sem) for `key`, as a dict
+    of its columns (strings), or None when no object has that key. This is
+    how a tag is checked before it is attached: sysv_ipc attaches a segment
+    as soon as it opens it by key."""
+    with open(f"/proc/sysvipc/{kind}") as f:
+        columns = f.readline().split()
+        for line in f:
+            fields = line.split()
+            if fields and int(fields[0]) == key:
+                return dict(zip(columns, fields))
+    return None
+
+
+def _trust_ipc(what, uid, cuid, perm, mode):
+    """The trust rule on a SysV object: its owner and its creator must pass
+    (an owner may hand a SysV object to any uid with IPC_SET; the creator
+    stays)."""
+    _trust.check_owner(what, uids=(uid, cuid), perm=perm, mode=mode)
+
+
+def _attach_tag(body, key, mode, readonly=False):
+    """The tag segment on `key`, attached only after the trust rule admitted
+    it (checked in /proc, then again on the attached segment, whose id is
+    the one checked). FileNotFoundError (filename set) when there is none;
+    NotAnMpxQueue when the segment is too small to be a tag."""
+    what = f"{_what(body)} (its tag segment, key {key:#x})"
+    row = _proc_row("shm", key)
+    if row is None:
+        raise FileNotFoundError(errno.ENOENT, "no tag", f"key {key:#x}")
+    _trust_ipc(what, int(row["uid"]), int(row["cuid"]), int(row["perms"], 8), mode)
+    if int(row["size"]) < TAG_SIZE:
+        raise NotAnMpxQueue(f"SysV key {key:#x} (of {_what(body)}) holds a shared-memory "
+                            "segment that is not an mpx queue tag; choose another name")
+    try:
+        shm = sysv_ipc.attach(int(row["shmid"]), flags=sysv_ipc.SHM_RDONLY if readonly else 0)
+    except sysv_ipc.ExistentialError:
+        raise FileNotFoundError(errno.ENOENT, "no tag", f"key {key:#x}") from None
+    except sysv_ipc.PermissionsError:
+        raise _permission_error(body, key, "its tag segment") from None
+    try:
+        _trust_ipc(what, shm.uid, shm.cuid, shm.mode, mode)
+        if shm.size < TAG_SIZE:
+            raise NotAnMpxQueue(f"SysV key {key:#x} holds a segment that is not an mpx tag")
+    except BaseException:
+        _drop_tag(shm, None)
+        raise
+    return shm
+
+
+def _trust_kernel(body, key, mq, sem, mode):
+    """The trust rule on the queue and the semaphore, before either is used."""
+    _trust_ipc(f"{_what(body)} (its message queue, key {key:#x})", mq.uid, mq.cuid,
+               mq.mode, mode)
+    if sem is not None:
+        _trust_ipc(f"{_what(body)} (its semaphore, key {key:#x})", sem.uid, sem.cuid,
+                   sem.mode, mode)
+
+
 # ---------------------------------------------------------------------------
 # Opening and creating
 
 
 class _Res:
-    """What one process holds of one queue (the finalizer's view)."""
+    """What one process holds of one queue (the finalizer's view); `mode` is
+    the opener's ``mode=``."""
 
-    __slots__ = ("body", "key", "mq", "shm", "tag", "sem")
+    __slots__ = ("body", "key", "mq", "shm", "tag", "sem", "mode")
 
-    def __init__(self, body, key, mq, shm, tag, sem):
+    def __init__(self, body, key, mq, shm, tag, sem, mode):
         self.body, self.key, self.mq, self.shm, self.tag, self.sem = body, key, mq, shm, tag, sem
+        self.mode = mode
 
 
 def _drop_tag(shm, tag):
@@ -194,34 +275,34 @@ def _create(shm, key, family, body, anonymous, maxsize, msgsize, capacity, mode)
         forget_all(BACKEND, body)
         raise
     tag.publish()
-    return _Res(body, key, mq, shm, tag, sem)
+    return _Res(body, key, mq, shm, tag, sem, mode)
 
 
-def _attach_existing(family, body, key, maxsize, msgsize, deadline):
+def _check_kernel(header, body, key, mq):
+    """The tag's msgsize against the queue's byte limit: a receive buffer of
+    msgsize bytes is allocated for every get, so a corrupt tag must not set
+    it (nor can a message be larger than the queue)."""
+    if header["msgsize"] > mq.max_size:
+        raise CorruptTag(f"{_what(body)} (key {key:#x}): its tag is corrupt: msgsize "
+                         f"{header['msgsize']} is more than the queue's {mq.max_size} bytes")
+
+
+def _attach_existing(family, body, key, maxsize, msgsize, deadline, mode):
     """The queue's resources; None when it is being removed (retry); raises
     FileNotFoundError (with .filename set) when there is no tag."""
-    try:
-        shm = sysv_ipc.SharedMemory(key)
-    except sysv_ipc.ExistentialError:
-        raise FileNotFoundError(errno.ENOENT, "no tag", f"key {key:#x}") from None
-    except sysv_ipc.PermissionsError:
-        raise _permission_error(body, key, "its tag segment") from None
-    if shm.size < TAG_SIZE:
-        _drop_tag(shm, None)
-        raise NotAnMpxQueue(f"SysV key {key:#x} (of mpx sysv queue {body!r}) holds a shared-"
-                            "memory segment that is not an mpx queue tag; choose another name")
+    shm = _attach_tag(body, key, mode)
     tag = Tag(shm)
     try:
         header = settled_header(
             tag, deadline, f"SysV key {key:#x} (of mpx sysv queue {body!r}) holds a segment "
             "that is not an mpx queue tag",
-            lambda: half_created(BACKEND, family, body, __name__, key=key))
+            lambda: half_created(BACKEND, family, body, __name__, key=key), _what(body))
         if header is None:
             _drop_tag(shm, tag)
             return None
         check_compatible(header, body, BACKEND, family, maxsize, msgsize)
         try:
-            mq = sysv_ipc.MessageQueue(key, 0, 0o600, header["msgsize"])
+            mq = sysv_ipc.MessageQueue(key)     # (no receive buffer yet: msgsize unchecked)
             sem = sysv_ipc.Semaphore(key) if header["maxsize"] else None
         except sysv_ipc.ExistentialError:
             raise OSError(errno.ENOENT, (
@@ -230,10 +311,17 @@ def _attach_existing(family, body, key, maxsize, msgsize, deadline):
                 f"`python -m mpx rm {body}`")) from None
         except sysv_ipc.PermissionsError:
             raise _permission_error(body, key, "the queue") from None
+        _trust_kernel(body, key, mq, sem, mode)
+        _check_kernel(header, body, key, mq)
+        # Again, now with the receive buffer's size (checked above), and
+        # only if it is still the queue that was checked.
+        checked, mq = mq, sysv_ipc.MessageQueue(key, 0, 0o600, header["msgsize"])
+        if mq.id != checked.id:
+            raise _removed_error(body)
     except BaseException:
         _drop_tag(shm, tag)
         raise
-    return _Res(body, key, mq, shm, tag, sem)
+    return _Res(body, key, mq, shm, tag, sem, mode)
 
 
 def _open(family, body, key, anonymous, maxsize, msgsize, capacity, mode, create):
@@ -273,58 +361,149 @@ def _open(family, body, key, anonymous, maxsize, msgsize, capacity, mode, create
 
     return open_queue(BACKEND, body, anonymous, try_create if create else None,
                       lambda deadline: _attach_existing(family, body, key, maxsize, msgsize,
-                                                        deadline),
+                                                        deadline, mode),
                       OPEN_WAIT)
 
 
-def _remove(body, key):
-    """Remove queue `body` on `key` (if the tag there is really its own): mark
-    the tag dead, remove queue and semaphore, sweep side segments, remove the
-    tag, forget the record."""
+def _unlink_held(res):
+    """unlink() of a queue this process holds: removed by the ids it holds
+    (no descriptor needed, and never a queue made since on the same key),
+    once /proc shows that its tag is still the one on the key."""
+    body, key = res.body, res.key
     try:
-        shm = sysv_ipc.SharedMemory(key)
+        removed = bool(res.shm.mode & SHM_DEST)     # (IPC_STAT by id: no descriptor)
     except sysv_ipc.ExistentialError:
-        forget_all(BACKEND, body)
-        return
-    except sysv_ipc.PermissionsError:
-        raise _permission_error(body, key, "its tag segment") from None
-    tag = None
-    try:
-        if shm.size < TAG_SIZE:
-            raise NotAnMpxQueue(f"SysV key {key:#x} holds a segment that is not an mpx tag")
-        tag = Tag(shm)
-        if tag.magic() == bytes(8):
-            # Its creator died before writing anything: only the tag exists.
-            shm.remove()
-            forget_all(BACKEND, body)
-            return
-        header = tag.header()
-        if header["name"] != body:
-            # The key is another queue's now; ours is long gone.
-            forget_all(BACKEND, body)
-            return
-        tag.mark_dead()
+        removed = True
+    if removed:
+        # Removed already; the record is this queue's unless the key has
+        # another queue now.
         try:
-            sysv_ipc.MessageQueue(key).remove()
-        except sysv_ipc.ExistentialError:
+            if _proc_row("shm", key) is None:
+                forget_all(BACKEND, body)
+        except OSError:
             pass
-        except sysv_ipc.PermissionsError:
-            raise _permission_error(body, key, "the queue") from None
-        if header["maxsize"]:
+        return
+    if res.tag is not None:
+        res.tag.mark_dead()             # openers back off until the tag is gone
+    _remove_ids(body, key, res.mq, res.sem, res.shm, None)
+
+
+def _remove_ids(body, key, mq, sem, shm, uid):
+    """Remove the queue, semaphore and tag segment held as `mq`, `sem`, `shm`
+    (any may be None), the side segments (`uid`'s only, unless None); then
+    forget the record (kept if the side segments could not be listed)."""
+    for obj, what in ((mq, "the queue"), (sem, "its semaphore")):
+        if obj is not None:
             try:
-                sysv_ipc.Semaphore(key).remove()
+                obj.remove()
             except sysv_ipc.ExistentialError:
                 pass
-        sweep_prefix(side_prefix(BACKEND, body))
+            except sysv_ipc.PermissionsError:
+                raise _permission_error(body, key, what) from None
+    try:
+        sweep_prefix(side_prefix(BACKEND, body), uid)
+    except OSError as e:
+        swept = e
+    else:
+        swept = None
+    if shm is not None:
         try:
             shm.remove()
         except sysv_ipc.ExistentialError:
             pass
         except sysv_ipc.PermissionsError:
             raise _permission_error(body, key, "its tag segment") from None
+    if swept is not None:
+        raise OSError(swept.errno, f"{_what(body)} was removed, but its large-message "
+                                   f"segments in {SHM_DIR} could not be listed ({swept}); "
+                                   f"`python -m mpx rm {body}` removes them")
+    forget_all(BACKEND, body)
+
+
+def _other_queues(header, key):
+    """True when a well-formed tag on `key` that names another queue may
+    really be that queue's: an anonymous one (random key) or one whose name
+    hashes to this key. Otherwise the name in it is damage."""
+    return bool(header["anonymous"]) or key_for_name(header["name"]) == key
+
+
+def _remove_checked(body, key):
+    """Remove queue `body` on `key` for `python -m mpx rm`, trusting only
+    what the objects on the key say: the tag segment's owner and creator are
+    the caller's euid, it carries mpx's magic number (or is all zeros: a
+    creator that died before writing it), and so are the queue's and the
+    semaphore's. A corrupt tag (magic right, a field wrong) is removed too."""
+    me = os.geteuid()
+
+    def not_mine(what, uid, cuid):
+        return PermissionError(errno.EPERM, (
+            f"permission denied removing {_what(body)}: {what} (key {key:#x}) belongs to "
+            f"uid {uid} (creator uid {cuid}); `python -m mpx rm` removes only the caller's "
+            f"own objects (uid {me})"))
+
+    def kernel_object(cls, what, needed):
+        """The queue or semaphore on the key, if any, once checked to be the
+        caller's. One of another user's is refused where the queue needs it
+        (`needed`), left alone where it does not (a semaphore on the key of
+        an unbounded queue is not the queue's)."""
+        try:
+            obj = cls(key)
+        except sysv_ipc.ExistentialError:
+            return None
+        if (obj.uid, obj.cuid) != (me, me):
+            if needed:
+                raise not_mine(what, obj.uid, obj.cuid)
+            return None
+        return obj
+
+    row = _proc_row("shm", key)
+    if row is None:
+        if _proc_row("msg", key) is not None or _proc_row("sem", key) is not None:
+            raise NotAnMpxQueue(
+                f"not removing the SysV objects on key {key:#x} (of {_what(body)}): there "
+                "is no mpx tag segment on the key, so nothing shows they are mpx's (remove "
+                f"them with `ipcrm -Q {key:#x}` / `ipcrm -S {key:#x}` if they are yours)")
+        _remove_ids(body, key, None, None, None, me)    # only leftovers: segments, record
+        return
+    if (int(row["uid"]), int(row["cuid"])) != (me, me):
+        raise not_mine("its tag segment", int(row["uid"]), int(row["cuid"]))
+    if int(row["size"]) < TAG_SIZE:
+        raise NotAnMpxQueue(f"not removing the SysV segment on key {key:#x}: it is too small "
+                            "to be an mpx queue tag")
+    try:
+        shm = sysv_ipc.attach(int(row["shmid"]))
+    except sysv_ipc.ExistentialError:
+        forget_all(BACKEND, body)       # removed meanwhile
+        return
+    tag = None
+    try:
+        if (shm.uid, shm.cuid) != (me, me):
+            raise not_mine("its tag segment", shm.uid, shm.cuid)
+        tag = Tag(shm)
+        magic = tag.magic()
+        # All zeros: its creator died before writing the header (and so
+        # before making a queue; one of the caller's on the key goes too).
+        half = magic == bytes(len(MAGIC))
+        if not half and magic != MAGIC:
+            raise NotAnMpxQueue(f"not removing the SysV segment on key {key:#x}: it does "
+                                "not start with mpx's magic number, so it is not an mpx tag")
+        header = None
+        if not half:
+            try:
+                header = tag.header()
+            except NotAnMpxQueue:
+                pass                    # corrupt, or another layout version: still mpx's
+            if header is not None and header["name"] != body and _other_queues(header, key):
+                forget_all(BACKEND, body)   # the key is another queue's; ours is long gone
+                return
+        mq = kernel_object(sysv_ipc.MessageQueue, "its message queue", not half)
+        sem = kernel_object(sysv_ipc.Semaphore, "its semaphore",
+                            not half and (header is None or bool(header["maxsize"])))
+        if not half:
+            tag.mark_dead()
+        _remove_ids(body, key, mq, sem, shm, me)
     finally:
         _drop_tag(shm, tag)
-    forget_all(BACKEND, body)
 
 
 # ---------------------------------------------------------------------------
@@ -351,17 +530,18 @@ class SysvQueue(MessageQueueBase):
         self._words = tag.words
         self._bounded = header["maxsize"]
         self._setup(res, serializer, res.body, anonymous, created, tag,
-                    SideStore(BACKEND, res.body, res.mq.mode & 0o777),
+                    SideStore(BACKEND, res.body, res.mq.mode & 0o777, res.mode),
                     header["msgsize"], header["maxsize"])
 
     @classmethod
     def _attach(cls, state, serializer):
-        body, key, anonymous = state
-        res, created = _open(cls._family, body, key, anonymous, 0, None, None, 0o600, False)
+        body, key, anonymous, mode = state
+        res, created = _open(cls._family, body, key, anonymous, 0, None, None, mode, False)
         return cls(res, serializer, created, anonymous, res.tag.header())
 
     def _state(self):
-        return (self.name, self._res.key, self.anonymous)
+        # The opener's mode travels too: a child accepts what its parent did.
+        return (self.name, self._res.key, self.anonymous, self._res.mode)
 
     def _mtype(self, prio):
         return FIFO_TYPE
@@ -376,22 +556,21 @@ class SysvQueue(MessageQueueBase):
             frame, suffix = self._encode(obj)
             if suffix is None:
                 try:
-                    self._msend(frame)          # block=True, type=1 (FIFO_TYPE)
+                    self._msend(frame, False)   # no wait, type=1 (FIFO_TYPE)
                 except _Error as e:
-                    self._retry(e, self._msend, frame)
+                    self._transient(e)          # no room (or EINTR): wait below
+                    self._check_open()
+                    return self._send(frame, 0, None)
+                except OSError as e:
+                    raise self._translate(e) from None
                 if self._words[5]:                 # DATA_WAITERS (literal: hot path)
                     self._ring(self._data_seq)
                 return
-            self._check_open()
+            if self._closed:
+                self._side.discard(suffix)      # (made before the check: the fast path's)
+                self._check_open()
             return self._send_frame(frame, suffix, 0, None)
         self._put(obj, 0, block, timeout)
-
-    def _retry(self, e, call, *args):
-        """The blocking ``call(*args)`` raised `e`: call it again after EINTR
-        (the signal handlers have run by now), translate anything else."""
-        if not _is_eintr(e):
-            raise self._translate(e) from None
-        return self._blocking(call, *args)
 
     def _blocking(self, call, *args):
         """``call(*args)``, a blocking sysv_ipc call, repeated while EINTR
@@ -407,11 +586,14 @@ class SysvQueue(MessageQueueBase):
     def get(self, block=True, timeout=None):
         if block and timeout is None:
             try:
-                msg = self._mrecv()[0]          # block=True, type=0: the oldest
+                msg = self._mrecv(False)[0]     # no wait, type=0: the oldest
             except _Error as e:
-                msg = self._retry(e, self._mrecv)[0]
-            if self._words[7]:                     # SPACE_WAITERS
-                self._ring(self._space_seq)
+                self._transient(e)              # empty (or EINTR): wait below
+                self._check_open()
+                msg = self._recv(None)[0]
+            else:
+                if self._words[7]:                 # SPACE_WAITERS
+                    self._ring(self._space_seq)
             return self._decode(msg)
         return super().get(block, timeout)
 
@@ -422,6 +604,13 @@ class SysvQueue(MessageQueueBase):
             return _removed_error(self.name)
         if isinstance(e, sysv_ipc.PermissionsError):
             return _permission_error(self.name, self._res.key, "the queue")
+        if type(e) is OSError and e.errno in (errno.EINVAL, errno.EIDRM):
+            # msgsnd on a removed queue's id says EINVAL (sysv_ipc passes it
+            # on as a plain OSError); that is "removed" if the id is gone.
+            try:
+                self._mq.current_messages
+            except sysv_ipc.ExistentialError:
+                return _removed_error(self.name)
         return e
 
     @staticmethod
@@ -453,6 +642,8 @@ class SysvQueue(MessageQueueBase):
         WAIT_CAP. Raises `exc` once `timeout` seconds (None: never) passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._closed:
+                raise self._closed_while_waiting()
             if deadline is not None and time.monotonic() >= deadline:
                 raise exc
             waiters.add(1)
@@ -485,15 +676,13 @@ class SysvQueue(MessageQueueBase):
         except _Error as e:
             self._transient(e)
             return None
+        except OSError as e:
+            raise self._translate(e) from None
         self._wake_getters()
         return True
 
     def _send(self, frame, prio, timeout):
         mtype = self._mtype(prio)
-        if timeout is None and not self._bounded:
-            self._blocking(self._mq.send, frame, True, mtype)
-            self._wake_getters()
-            return
         if self._try_send(frame, mtype):
             return
         if timeout == 0:
@@ -512,10 +701,6 @@ class SysvQueue(MessageQueueBase):
         return msg, self._prio(mtype)
 
     def _recv(self, timeout):
-        if timeout is None:
-            msg, mtype = self._blocking(self._mq.receive, True, self._recv_type)
-            self._wake_putters()
-            return msg, self._prio(mtype)
         got = self._try_recv()
         if got is not None:
             return got
@@ -541,7 +726,7 @@ class SysvQueue(MessageQueueBase):
 
     @staticmethod
     def _unlink_resources(res):
-        _remove(res.body, res.key)
+        _unlink_held(res)
 
 
 class SysvSimpleQueue(SysvQueue):
@@ -615,40 +800,71 @@ def PriorityQueue(ctx, maxsize=0, *, serializer, name=None, mode=0o600, msgsize=
 
 
 def _entry_key(entry):
-    key = (entry.get("meta") or {}).get("key")
+    """The key of record `entry`: its meta's (anonymous queues have random
+    keys) when that is a valid key, else the name's. Untrusted either way:
+    describe/remove check what is on the key before acting on it."""
+    meta = entry.get("meta") if isinstance(entry, dict) else None
+    key = meta.get("key") if isinstance(meta, dict) else None
     if isinstance(key, int) and not isinstance(key, bool) and 0 < key <= 0x7FFFFFFF:
         return key
-    return key_for_name(entry["name"])
+    return key_for_name(entry_body(entry))
 
 
 def describe(entry):
-    """What `mpx ls` shows of a recorded sysv queue, or None if it is gone."""
-    body, key = normalize_name(entry["name"]), _entry_key(entry)
+    """What `mpx ls` shows of a recorded sysv queue, or None if it is gone.
+    The tag segment is looked up in /proc and attached read-only (a SysV
+    segment cannot shrink under a mapping); a corrupt tag is shown with its
+    error, not hidden."""
+    body, key = entry_body(entry), _entry_key(entry)
+    row = _proc_row("shm", key)
+    if row is None or int(row["size"]) < TAG_SIZE:
+        sides = count_sides(BACKEND, body)
+        if row is None and sides:   # removed, but large-message segments are left
+            return {"state": "removed", "size": "(no kernel queue)", "key": f"{key:#x}",
+                    "side_segments": sides}
+        return None                 # gone, or the key holds something else now
     try:
-        shm = sysv_ipc.SharedMemory(key)
+        shm = sysv_ipc.attach(int(row["shmid"]), flags=sysv_ipc.SHM_RDONLY)
     except sysv_ipc.ExistentialError:
         return None
     except sysv_ipc.PermissionsError:
         return {"size": "?", "key": f"{key:#x}", "note": "permission denied"}
-    tag = None
     try:
-        if shm.size < TAG_SIZE:
-            return None             # the key holds something else now
-        tag = Tag(shm)
-        try:
-            header = tag.header()
-        except NotAnMpxQueue:
-            return None
-        if header["name"] != body:
-            return None             # the key is another queue's now
-        info = {"key": f"{key:#x}", **ls_columns(header)}
+        data = shm.read(OFF_NAME + NAME_MAX_BYTES, 0)
     finally:
-        _drop_tag(shm, tag)
+        _drop_tag(shm, None)
+    info = {"key": f"{key:#x}"}
+    if data[:len(MAGIC)] == bytes(len(MAGIC)):
+        info["state"] = "half-created"
+        header = None
+    else:
+        try:
+            header = check_header(data)
+        except NotAnMpxQueue as e:
+            if data[:len(MAGIC)] != MAGIC:
+                return None         # not mpx's: the key holds something else now
+            header = None
+            info.update(state="corrupt", error=str(e))
+    if header is not None:
+        if header["name"] != body:
+            if _other_queues(header, key):
+                return None         # the key is another queue's now
+            info.update(state="corrupt",
+                        error=f"its tag is corrupt: it names the queue {header['name']!r}")
+            header = None
+        else:
+            info.update(ls_columns(header))
     try:
         mq = sysv_ipc.MessageQueue(key)
         cur, qbytes = mq.current_messages, mq.max_size
+        bound = header["maxsize"] if header is not None else 0
         info.update(messages=cur, capacity_bytes=qbytes,
-                    size=f"{cur} msgs" + (f"/{info['maxsize']}" if info["maxsize"] else ""))
+                    size=f"{cur} msgs" + (f"/{bound}" if bound else ""))
+        if header is not None:
+            try:
+                _check_kernel(header, body, key, mq)
+            except CorruptTag as e:
+                info.update(state="corrupt", error=str(e))
     except sysv_ipc.ExistentialError:
         info["size"] = "(no kernel queue)"
     except sysv_ipc.PermissionsError:
@@ -660,5 +876,6 @@ def describe(entry):
 
 
 def remove(entry):
-    """Remove a recorded sysv queue (for `mpx rm`), and forget it."""
-    _remove(normalize_name(entry["name"]), _entry_key(entry))
+    """Remove a recorded sysv queue (for `mpx rm`), and forget it: only the
+    caller's own, after checking the objects on the key (``_remove_checked``)."""
+    _remove_checked(entry_body(entry), _entry_key(entry))
