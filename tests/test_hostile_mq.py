@@ -416,6 +416,30 @@ def test_sysv_roots_tag_with_the_attackers_message_queue_is_refused(name, attack
     assert gone("sysv", name)
 
 
+def attacker_sysv_semaphore(key):
+    """As the attacker: a semaphore on the key, taken (value 0) for good."""
+    sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, 0o666, 0)
+
+
+def test_sysv_bounded_queue_with_the_attackers_semaphore_is_refused(name, attacker):
+    # root's bounded queue lost its semaphore (removed outside mpx); the
+    # attacker made one on the key, held for ever: PermissionError naming
+    # the semaphore, rather than puts that never get the lock.
+    q = mpx.Queue(2, name=name, backend="sysv")
+    key = q._res.key
+    q._sem.remove()
+    q.close()
+    attacker.run(attacker_sysv_semaphore, key)
+    with pytest.raises(PermissionError, match="semaphore") as info:
+        mpx.Queue(name=name, backend="sysv")
+    names_the(name, info.value)
+    with pytest.raises(PermissionError, match="semaphore"):
+        sysv_mq.remove({"name": name})
+    sysv_ipc.remove_semaphore(int(sysv_row("sem", key)["semid"]))
+    sysv_mq.remove({"name": name})
+    assert gone("sysv", name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_attackers_bare_kernel_queue_under_the_name_is_not_an_mpx_queue(
         backend, name, attacker, tmp_path):
