@@ -9,6 +9,7 @@ Wire format
 -----------
 Handshake, before a single byte is unpickled by either side::
 
+    client -> server   b"MPXC"                     (at once, without waiting)
     server -> client   b"MPXM" version:u8 server_nonce:32
     client -> server   client_nonce:32 HMAC(key, b"mpx-client" sn cn):32
     server -> client   b"\\x00"                                   (rejected)
@@ -17,8 +18,16 @@ Handshake, before a single byte is unpickled by either side::
 Both nonces are fresh random bytes, so neither side's answer can be replayed
 or reflected; the two labels stop a server from using a client as an oracle
 for its own proof. Every handshake message has a fixed length, so junk sent to
-the port is read in bounded pieces and rejected; a peer that stalls is cut
-off after ``handshake_timeout`` seconds.
+the port is read in bounded pieces and rejected; a peer that has not finished
+the whole handshake after ``handshake_timeout`` seconds is cut off (a total
+for the handshake, not a limit per read, so a peer trickling a byte at a time
+is cut off too).
+
+The client speaks first so that a server expecting TLS hears at once that
+this client does not speak it: a TLS client's first byte is 0x16 (a
+handshake record), never "M". Such a server answers b"MPXT" in plain text
+and hangs up, and the client says the server expects TLS instead of waiting
+for a greeting that never comes.
 
 After the handshake each frame is ``length:u64 little-endian`` + payload.
 A frame longer than ``max_frame`` closes the connection; a frame above
@@ -37,12 +46,16 @@ import tempfile
 import time
 from multiprocessing import AuthenticationError
 
+from .._timeouts import seconds
+
 __all__ = ["Connection", "StreamListener", "UnixListener", "ProtocolError",
            "client_handshake", "server_handshake", "unix_connect", "unix_cleanup",
            "check_unix_address", "MAX_FRAME", "HANDSHAKE_TIMEOUT"]
 
 MAGIC = b"MPXM"
-VERSION = 1
+CLIENT_MAGIC = b"MPXC"
+TLS_REQUIRED = b"MPXT"   # a TLS server's plain-text answer to a client without TLS
+VERSION = 2              # 2: the client speaks first (CLIENT_MAGIC)
 NONCE_SIZE = 32
 DIGEST_SIZE = 32          # sha256
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer may take to authenticate
@@ -106,12 +119,28 @@ def _mac(key, label, a, b):
     return hmac.new(key, label + a + b, hashlib.sha256).digest()
 
 
-def _recv_exact(sock, n):
-    """Exactly `n` bytes from a blocking socket (EOFError if it closes first)."""
+def _deadline(timeout):
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(sock, deadline):
+    """Give `sock` what is left of the handshake's time (socket.timeout once
+    it is all gone)."""
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the handshake took longer than its timeout")
+        sock.settimeout(left)
+
+
+def _recv_exact(sock, n, deadline=None):
+    """Exactly `n` bytes from a blocking socket (EOFError if it closes first),
+    by `deadline` (time.monotonic) if one is given."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        _left(sock, deadline)
         k = sock.recv_into(view[got:])
         if not k:
             raise EOFError(f"connection closed during the handshake "
@@ -121,15 +150,19 @@ def _recv_exact(sock, n):
 
 
 def server_handshake(sock, authkey, timeout=HANDSHAKE_TIMEOUT):
-    """Authenticate the client on `sock` and prove our key to it.
+    """Authenticate the client on `sock` and prove our key to it, all within
+    `timeout` seconds.
 
     Raises AuthenticationError for a wrong key, ProtocolError/EOFError/OSError
     (socket.timeout included) for anything else; the caller closes `sock`.
     """
-    sock.settimeout(timeout)
+    deadline = _deadline(timeout)
+    _left(sock, deadline)
     server_nonce = os.urandom(NONCE_SIZE)
     sock.sendall(MAGIC + bytes((VERSION,)) + server_nonce)
-    answer = _recv_exact(sock, NONCE_SIZE + DIGEST_SIZE)
+    if _recv_exact(sock, len(CLIENT_MAGIC), deadline) != CLIENT_MAGIC:
+        raise ProtocolError("the client did not start the mpx handshake")
+    answer = _recv_exact(sock, NONCE_SIZE + DIGEST_SIZE, deadline)
     client_nonce, digest = answer[:NONCE_SIZE], answer[NONCE_SIZE:]
     if not hmac.compare_digest(digest, _mac(authkey, b"mpx-client", server_nonce, client_nonce)):
         try:
@@ -137,31 +170,64 @@ def server_handshake(sock, authkey, timeout=HANDSHAKE_TIMEOUT):
         except OSError:
             pass
         raise AuthenticationError("digest received was wrong")
+    _left(sock, deadline)
     sock.sendall(b"\x01" + _mac(authkey, b"mpx-server", client_nonce, server_nonce))
     sock.settimeout(None)
 
 
+def refuse_plaintext(sock, timeout=HANDSHAKE_TIMEOUT):
+    """On a TLS server, before the TLS handshake: if the client's first byte
+    shows it is not speaking TLS, tell it so in plain text (it is an mpx
+    client without ``client_ssl_context``, or junk) and raise ProtocolError.
+    Nothing secret is sent, and nothing is read but the client's magic."""
+    sock.settimeout(timeout)
+    first = sock.recv(1, socket.MSG_PEEK)
+    if not first:
+        raise EOFError("the client left before the TLS handshake")
+    if first == b"\x16":                 # a TLS handshake record: go on
+        return
+    try:
+        # Read what the client sent (its magic) before answering: closing a
+        # socket with unread bytes resets it, and the reset could overtake
+        # the answer.
+        sock.recv(len(CLIENT_MAGIC))
+        sock.sendall(TLS_REQUIRED)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    raise ProtocolError("a client without TLS connected to this TLS manager "
+                        "(it was told that TLS is required)")
+
+
 def client_handshake(sock, authkey, timeout=HANDSHAKE_TIMEOUT, where="the server"):
     """Prove our key to the server on `sock` and check that it holds it too."""
-    sock.settimeout(timeout)
+    deadline = _deadline(timeout)
+    _left(sock, deadline)
+    sock.sendall(CLIENT_MAGIC)
     # The magic alone first: a peer speaking another protocol may send less
     # than a whole mpx greeting and then wait for us.
-    if _recv_exact(sock, len(MAGIC)) != MAGIC:
+    magic = _recv_exact(sock, len(MAGIC), deadline)
+    if magic == TLS_REQUIRED:
+        raise ProtocolError(f"{where} expects TLS: connect with client_ssl_context= "
+                            f"(an ssl.SSLContext, or a callable returning one, that "
+                            f"trusts the manager's certificate)")
+    if magic != MAGIC:
         raise ProtocolError(f"{where} is not an mpx manager (it did not answer "
                             f"with the mpx handshake)")
-    hello = MAGIC + _recv_exact(sock, 1 + NONCE_SIZE)
+    hello = MAGIC + _recv_exact(sock, 1 + NONCE_SIZE, deadline)
     if hello[len(MAGIC)] != VERSION:
         raise ProtocolError(f"{where} speaks mpx manager protocol version "
                             f"{hello[len(MAGIC)]}, this mpx speaks {VERSION}")
     server_nonce = hello[len(MAGIC) + 1:]
     client_nonce = os.urandom(NONCE_SIZE)
+    _left(sock, deadline)
     sock.sendall(client_nonce + _mac(authkey, b"mpx-client", server_nonce, client_nonce))
-    verdict = _recv_exact(sock, 1)
+    verdict = _recv_exact(sock, 1, deadline)
     if verdict == b"\x00":
         raise AuthenticationError(f"digest sent was rejected by {where} (wrong authkey)")
     if verdict != b"\x01":
         raise ProtocolError(f"{where} sent an invalid handshake verdict")
-    proof = _recv_exact(sock, DIGEST_SIZE)
+    proof = _recv_exact(sock, DIGEST_SIZE, deadline)
     if not hmac.compare_digest(proof, _mac(authkey, b"mpx-server", client_nonce, server_nonce)):
         raise AuthenticationError(f"{where} does not hold the authkey (its digest was wrong)")
     sock.settimeout(None)
@@ -279,6 +345,8 @@ class Connection:
 
     def recv(self, spin=True, timeout=None):
         """The next frame, as bytes (TimeoutError after `timeout` seconds)."""
+        if timeout is not None:
+            timeout = seconds(timeout)
         if timeout is not None:
             sock = self._sock
             if sock is None:
@@ -517,12 +585,31 @@ def unix_cleanup(address):
 def unix_connect(address, authkey, timeout=HANDSHAKE_TIMEOUT):
     """A unix socket connected to `address` and authenticated both ways."""
     address = check_unix_address(address)
+    deadline = _deadline(timeout)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        sock.connect(address)
+        _unix_connect(sock, address, deadline)
         client_handshake(sock, bytes(authkey), timeout, where=f"the manager at {address!r}")
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _unix_connect(sock, address, deadline):
+    """Connect, waiting while the server's backlog is full (a busy server,
+    or one that a flood of connections keeps busy): with a timeout set, a
+    unix socket's connect fails with EAGAIN then instead of waiting."""
+    delay = 0.001
+    while True:
+        _left(sock, deadline)
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            pass
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise socket.timeout(f"the manager at {address!r} did not accept the "
+                                 f"connection in time (its backlog stayed full)")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

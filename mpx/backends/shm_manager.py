@@ -20,6 +20,7 @@ them with the last descriptor.
 import os
 import socket
 
+from .._timeouts import seconds
 from . import _ring_channel, _stream
 
 FAMILIES = ("Manager",)
@@ -84,6 +85,8 @@ class ShmConnection:
         chan = self._chan
         if chan.closed:
             raise ConnectionError("the connection to the manager is closed")
+        if timeout is not None:
+            timeout = seconds(timeout)
         try:
             msg = chan.recv(timeout, spin)
         except TimeoutError:
@@ -141,6 +144,9 @@ class Listener(_stream.UnixListener):
     def handshake(self, sock):
         try:
             _stream.server_handshake(sock, self._authkey, self.handshake_timeout)
+            # An authenticated client sends its rings at once; one that
+            # stalls here must not hold its handshake place for ever.
+            sock.settimeout(self.handshake_timeout)
             head, fds, _flags, _addr = socket.recv_fds(sock, len(_RING_HELLO), _NFDS)
             if not fds:
                 # A client of the plain unix transport: serve it over the

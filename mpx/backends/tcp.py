@@ -83,8 +83,31 @@ class Listener(_stream.StreamListener):
     def _wrap(self, sock):
         if self._ssl is None:
             return sock
+        # A client without TLS would wait for our greeting while we wait
+        # for its TLS hello: tell it at once instead.
+        _stream.refuse_plaintext(sock, self.handshake_timeout)
         sock.settimeout(self.handshake_timeout)
         return self._ssl.wrap_socket(sock, server_side=True)
+
+
+# What OpenSSL says when the server's first bytes are not a TLS record: an
+# mpx manager without TLS greets with b"MPXM", which reads as a record of
+# type 0x4d and version "PX".
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL",
+                              "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
+
+
+def _tls_wrap(ctx, sock, server_hostname, where):
+    import ssl
+    try:
+        return ctx.wrap_socket(sock, server_hostname=server_hostname)
+    except ssl.SSLError as e:
+        if getattr(e, "reason", None) not in _NOT_TLS_REASONS:
+            raise
+        # Still an SSLError (callers catch that), saying what it means.
+        raise ssl.SSLError(e.errno, f"{where} did not answer in TLS ({e.reason}): it "
+                           f"expects clients without TLS (a manager started without "
+                           f"ssl_context=); connect without client_ssl_context=") from e
 
 
 def connect(address, authkey, *, timeout=_stream.HANDSHAKE_TIMEOUT, ssl_context=None,
@@ -95,10 +118,10 @@ def connect(address, authkey, *, timeout=_stream.HANDSHAKE_TIMEOUT, ssl_context=
     sock = socket.create_connection(address[:2], timeout=timeout)
     try:
         _nodelay(sock)
+        where = f"the manager at {address[0]}:{address[1]}"
         if ctx is not None:
-            sock = ctx.wrap_socket(sock, server_hostname=server_hostname or address[0])
-        _stream.client_handshake(sock, bytes(authkey), timeout,
-                                 where=f"the manager at {address[0]}:{address[1]}")
+            sock = _tls_wrap(ctx, sock, server_hostname or address[0], where)
+        _stream.client_handshake(sock, bytes(authkey), timeout, where=where)
     except BaseException:
         sock.close()
         raise
