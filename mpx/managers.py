@@ -13,6 +13,10 @@ fixing the stdlib's known faults:
 * Safety: both ends prove they hold the authkey (HMAC challenge-response in
   both directions) before anything is unpickled; junk on the port closes only
   that connection; unix sockets are 0o600; TCP takes an ``ssl.SSLContext``.
+  At most ``MAX_HANDSHAKES`` connections are in their handshake at a time
+  (the oldest is cut off for a newer one), each for ``handshake_timeout``
+  seconds in all, so idle or slow peers cannot exhaust the server's threads,
+  and the accept loop survives anything one connection does to it.
 * Lifetime: a referent is freed when the last proxy *anywhere* is gone. Each
   process holds at most one server-side reference per referent (on one
   "session" connection, released by the server when that process dies). A
@@ -33,10 +37,13 @@ Names this module does not define come from ``multiprocessing.managers``.
 import atexit
 import collections
 import itertools
+import logging
+import math
 import os
 import pickle
 import queue
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -51,6 +58,7 @@ import multiprocessing.managers as _std
 
 from . import _serial
 from . import backends as _registry
+from ._timeouts import seconds as _seconds
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token", "Server",
            "Namespace", "Value", "Array", "RemoteError", "RemoteTraceback",
@@ -78,6 +86,19 @@ _ONE_WAY = frozenset({"refs"})
 
 DEFAULT_TRANSIT_TIMEOUT = 600.0
 _CONNECT_TIMEOUT = 20.0
+# Connections still in the handshake, at most (each has its own thread until
+# it is authenticated). A peer that never authenticates costs a thread for
+# up to the handshake timeout; without a bound, idle connections alone could
+# exhaust the server's threads. When every place is taken, the oldest
+# handshake is cut off to make room for the newest: a flood of idle peers
+# then only delays a real client by the few milliseconds its own handshake
+# takes, where waiting in the kernel's backlog would queue it behind the
+# whole flood for their timeouts.
+MAX_HANDSHAKES = 32
+# How long the accept loop waits for a cut-off handshake to give its place
+# back before it closes the new connection instead.
+_ADMIT_WAIT = 2.0
+_log = logging.getLogger("mpx")
 _pickle_dumps = pickle.dumps
 _pickle_loads = pickle.loads
 _PROTOCOL = _serial.PROTOCOL
@@ -143,6 +164,35 @@ def _manager_serializer(spec):
         raise ValueError(f"a manager's serializer must be 'pickle' (the default, with "
                          f"the cloudpickle fallback) or 'cloudpickle', not {spec!r}")
     return ser
+
+
+def _wait_timeout(timeout, what="timeout"):
+    """A proxy's wait `timeout` as the referent (``threading``, ``queue``)
+    should get it: NaN is a ValueError here at once (the referent would
+    return at once, or wait for ever, depending on the type), infinity means
+    for ever (None; ``threading`` would raise OverflowError), and anything
+    else, negatives included, keeps the referent's own meaning."""
+    if timeout is None:
+        return None
+    try:
+        return _seconds(timeout, what=what)
+    except ValueError:
+        if timeout != timeout:      # NaN
+            raise
+        return timeout
+
+
+def _positive_seconds(value, what, forever):
+    """A manager setting in seconds: `forever` for None or infinity, else a
+    number > 0 (NaN, negatives and zero are ValueErrors)."""
+    if value is None:
+        return forever
+    value = _seconds(value, what=what)
+    if value is None:
+        return forever
+    if value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------
@@ -539,8 +589,55 @@ class _Session:
         self.pid = pid
 
 
+class _Handshake:
+    """A connection in its handshake: when it was accepted, and a duplicate
+    of its socket through which another thread can cut it off (shutdown
+    reaches the socket whatever object wraps it meanwhile, TLS included)."""
+
+    __slots__ = ("accepted", "handle", "cut")
+
+    def __init__(self, handle):
+        self.accepted = time.monotonic()
+        self.handle = handle
+        self.cut = False
+
+    def cut_off(self):
+        self.cut = True
+        try:
+            self.handle.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _close_quietly(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class _RateLimited:
+    """Log a recurring server trouble once per `every` seconds, with how
+    many times it happened meanwhile (a flood must not flood the log too)."""
+
+    def __init__(self, every=5.0):
+        self.every = every
+        self.last = {}
+        self.count = collections.Counter()
+
+    def warning(self, kind, msg, *args):
+        self.count[kind] += 1
+        now = time.monotonic()
+        if now - self.last.get(kind, -math.inf) >= self.every:
+            n, self.count[kind] = self.count[kind], 0
+            self.last[kind] = now
+            _log.warning(msg + (f" ({n} times since the last report)" if n > 1 else ""),
+                         *args)
+
+
 class Server:
-    """Serves the objects of a manager: one thread per client connection."""
+    """Serves the objects of a manager: one thread per client connection,
+    of which at most MAX_HANDSHAKES have not authenticated yet."""
 
     public = ["shutdown", "create", "get_methods", "debug_info", "number_of_objects",
               "dummy", "hello", "refs", "transit", "info"]
@@ -560,10 +657,12 @@ class Server:
         if ssl_context is not None:
             opts["ssl_context"] = ssl_context
         if handshake_timeout is not None:
-            opts["handshake_timeout"] = handshake_timeout
+            opts["handshake_timeout"] = _positive_seconds(handshake_timeout,
+                                                          "handshake_timeout", None)
+        self.transit_timeout = _positive_seconds(transit_timeout, "transit_timeout",
+                                                 math.inf)
         self.listener = module.Listener(address, bytes(authkey), **opts)
         self.address = self.listener.address
-        self.transit_timeout = transit_timeout
         self.mutex = threading.Lock()
         self.objects = {}      # ident -> (obj, exposed, method_to_typeid, typeid)
         self.refcount = {}     # ident -> refs held by sessions and transits
@@ -575,6 +674,12 @@ class Server:
         self.stop_event = threading.Event()
         self._stopped = False
         self._hot = None       # thread that served the latest request
+        # Connections in their handshake (see MAX_HANDSHAKES), by order of
+        # arrival; changed under _hs_cond, which is notified when one ends.
+        self._handshakes = {}
+        self._hs_ids = itertools.count()
+        self._hs_cond = threading.Condition(threading.Lock())
+        self._trouble = _RateLimited()
 
     # -- running ----------------------------------------------------------
     def serve_forever(self):
@@ -587,26 +692,104 @@ class Server:
         try:
             while not self.stop_event.wait(1.0):
                 self._expire_transits()
+                self._expire_handshakes()
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             self._close()
 
     def accepter(self):
+        """Accept connections until the server stops, whatever happens to
+        one of them: a connection that cannot be given a thread (out of
+        threads, memory or descriptors) is closed, the trouble is logged
+        (``logging.getLogger("mpx")``), and the loop goes on."""
         listener = self.listener
+        failures = 0
         while not self.stop_event.is_set():
             try:
                 raw = listener.accept()
-            except OSError:
+            except Exception as e:
                 if self.stop_event.is_set() or listener._sock is None:
                     return
-                time.sleep(0.05)   # e.g. out of file descriptors: do not spin
+                # e.g. out of file descriptors: back off instead of spinning
+                # on a listener that stays readable.
+                failures += 1
+                self._trouble.warning("accept", "mpx manager at %r: accept failed: %r; "
+                                      "still accepting", self.address, e)
+                time.sleep(min(0.05 * failures, 1.0))
                 continue
-            except Exception:
-                return
-            t = threading.Thread(target=self.handle_request, args=(raw,), daemon=True,
-                                 name="mpx-manager-conn")
+            failures = 0
+            try:
+                self._start_connection(raw)
+            except Exception as e:
+                _close_quietly(raw)
+                self._trouble.warning("start", "mpx manager at %r: closed a new connection "
+                                      "it could not serve (%r); still accepting",
+                                      self.address, e)
+                # Out of threads or memory: give the server a moment to
+                # recover before the next connection tries again.
+                time.sleep(0.05)
+
+    def _start_connection(self, raw):
+        """Give the new connection `raw` a handshake place and a thread."""
+        slot = self._admit(raw)
+        t = threading.Thread(target=self.handle_request, args=(raw, slot), daemon=True,
+                             name="mpx-manager-conn")
+        try:
             t.start()
+        except BaseException:
+            self._handshake_done(slot)
+            raise
+
+    def _admit(self, raw):
+        """A handshake place for `raw` (its key in _handshakes); when all are
+        taken, the oldest handshake is cut off and its place awaited."""
+        entry = _Handshake(raw.dup())
+        try:
+            with self._hs_cond:
+                handshakes = self._handshakes
+                deadline = time.monotonic() + _ADMIT_WAIT
+                while len(handshakes) >= MAX_HANDSHAKES:
+                    if not any(h.cut for h in handshakes.values()):
+                        oldest = handshakes[min(handshakes)]
+                        oldest.cut_off()
+                        util.debug("mpx manager: cut off the oldest handshake for a "
+                                   "new connection")
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise RuntimeError(f"all {MAX_HANDSHAKES} handshake places stay "
+                                           f"taken")
+                    self._hs_cond.wait(left)
+                slot = next(self._hs_ids)
+                handshakes[slot] = entry
+        except BaseException:
+            _close_quietly(entry.handle)
+            raise
+        return slot
+
+    def _handshake_done(self, slot):
+        """Give back a handshake place; False if the handshake was cut off
+        (its connection is dead then, even if the handshake got through)."""
+        with self._hs_cond:
+            entry = self._handshakes.pop(slot, None)
+            self._hs_cond.notify_all()
+        if entry is None:
+            return True
+        _close_quietly(entry.handle)
+        return not entry.cut
+
+    def _expire_handshakes(self):
+        """Cut off the handshakes that outlived the handshake timeout (each
+        read has that timeout already; this catches a peer that trickles
+        bytes, or one stalled where the transport has no timeout)."""
+        timeout = getattr(self.listener, "handshake_timeout", None)
+        if timeout is None:
+            return
+        too_old = time.monotonic() - timeout - 0.5
+        with self._hs_cond:
+            for entry in self._handshakes.values():
+                if not entry.cut and entry.accepted < too_old:
+                    entry.cut_off()
 
     def _close(self):
         self._stopped = True
@@ -617,6 +800,9 @@ class Server:
             objs = [entry[0] for entry in self.objects.values()]
         for conn in conns:
             conn.shutdown()
+        with self._hs_cond:
+            for entry in self._handshakes.values():
+                entry.cut_off()
         # A pool's workers are processes: end them now rather than leave
         # them to a garbage collector that may never run before exit.
         for obj in objs:
@@ -636,14 +822,20 @@ class Server:
             del process.current_process()._manager_server
 
     # -- a connection -----------------------------------------------------
-    def handle_request(self, raw):
+    def handle_request(self, raw, slot=None):
         try:
-            conn = self.listener.handshake(raw)
+            try:
+                conn = self.listener.handshake(raw)
+            finally:
+                live = slot is None or self._handshake_done(slot)
         except AuthenticationError:
             util.info("mpx manager: rejected a client with a wrong authkey")
             return
         except Exception as e:
             util.debug("mpx manager: dropped a connection during the handshake: %r", e)
+            return
+        if not live:
+            conn.close()
             return
         with self.mutex:
             if self._stopped:
@@ -1061,9 +1253,11 @@ class BaseManager:
     default taken from the address: a (host, port) tuple means TCP, a path
     means a unix socket, none means mpx's default), ``ssl_context`` (TCP
     server side: an ``ssl.SSLContext`` or a picklable callable returning one),
-    ``client_ssl_context`` (the same, for connecting), and ``transit_timeout``
+    ``client_ssl_context`` (the same, for connecting), ``transit_timeout``
     (seconds a pickled proxy keeps its referent alive before someone loads
-    it).
+    it) and ``handshake_timeout`` (seconds a connecting peer has, in all, to
+    authenticate; default 10). Timeouts are read by mpx's rule: NaN is a
+    ValueError, infinity means for ever.
     """
 
     _registry = {}
@@ -1091,7 +1285,11 @@ class BaseManager:
         self._state.value = State.INITIAL
         self._serializer = _manager_serializer(serializer)
         self._ctx = ctx or multiprocessing.get_context()
-        self._shutdown_timeout = shutdown_timeout
+        # Read here, so that a NaN fails in the constructor rather than in
+        # a server process or a finalizer.
+        self._shutdown_timeout = _seconds(shutdown_timeout, what="shutdown_timeout")
+        _positive_seconds(transit_timeout, "transit_timeout", None)
+        _positive_seconds(handshake_timeout, "handshake_timeout", None)
         self._ssl_context = ssl_context
         self._client_opts = {}
         if client_ssl_context is not None:
@@ -1191,7 +1389,8 @@ class BaseManager:
                     return reader.recv()
                 except EOFError:
                     # The child closed its end without a word: it is dying.
-                    self._process.join(self._shutdown_timeout + 5)
+                    self._process.join(None if self._shutdown_timeout is None
+                                       else self._shutdown_timeout + 5)
             if not self._process.is_alive():
                 return ("error", f"it exited with code {self._process.exitcode} before "
                                  f"reporting its address")
@@ -1256,6 +1455,7 @@ class BaseManager:
         return self._control("info")
 
     def join(self, timeout=None):
+        timeout = _wait_timeout(timeout, "join's timeout")
         if self._process is not None:
             self._process.join(timeout)
             if not self._process.is_alive():
@@ -1288,7 +1488,7 @@ class BaseManager:
         if proc.is_alive():
             try:
                 _oneshot(backend, address, authkey, "shutdown", opts=opts,
-                         timeout=max(timeout, 1.0))
+                         timeout=_CONNECT_TIMEOUT if timeout is None else max(timeout, 1.0))
             except Exception:
                 pass
             proc.join(timeout=timeout)
@@ -1595,6 +1795,7 @@ class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
 
     def acquire(self, blocking=True, timeout=None):
+        timeout = _wait_timeout(timeout)
         args = (blocking,) if timeout is None else (blocking, timeout)
         return self._callmethod("acquire", args)
 
@@ -1612,7 +1813,7 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (timeout,))
+        return self._callmethod("wait", (_wait_timeout(timeout),))
 
     def notify(self, n=1):
         return self._callmethod("notify", (n,))
@@ -1621,6 +1822,7 @@ class ConditionProxy(AcquirerProxy):
         return self._callmethod("notify_all")
 
     def wait_for(self, predicate, timeout=None):
+        timeout = _wait_timeout(timeout)
         result = predicate()
         if result:
             return result
@@ -1649,14 +1851,14 @@ class EventProxy(BaseProxy):
         return self._callmethod("clear")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (timeout,))
+        return self._callmethod("wait", (_wait_timeout(timeout),))
 
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (timeout,))
+        return self._callmethod("wait", (_wait_timeout(timeout),))
 
     def abort(self):
         return self._callmethod("abort")
@@ -1761,14 +1963,27 @@ class PoolProxy(BasePoolProxy):
         self.terminate()
 
 
+class _Queue(queue.Queue):
+    """The queue a SyncManager serves: ``queue.Queue``, whose timeouts are
+    read by mpx's rule (its proxy is generic, so the check is made here):
+    NaN is a ValueError (``queue.Queue`` would wait for ever), infinity
+    waits for ever (``queue.Queue`` would raise OverflowError)."""
+
+    def get(self, block=True, timeout=None):
+        return super().get(block, _wait_timeout(timeout) if block else timeout)
+
+    def put(self, item, block=True, timeout=None):
+        return super().put(item, block, _wait_timeout(timeout) if block else timeout)
+
+
 class SyncManager(BaseManager):
     """A manager serving the types of ``multiprocessing.Manager()``: dict,
     list, Namespace, Queue, JoinableQueue, Lock, RLock, Semaphore,
     BoundedSemaphore, Condition, Event, Barrier, Value, Array and Pool."""
 
 
-SyncManager.register("Queue", queue.Queue)
-SyncManager.register("JoinableQueue", queue.Queue)
+SyncManager.register("Queue", _Queue)
+SyncManager.register("JoinableQueue", _Queue)
 SyncManager.register("Event", threading.Event, EventProxy)
 SyncManager.register("Lock", threading.Lock, AcquirerProxy)
 SyncManager.register("RLock", threading.RLock, AcquirerProxy)
