@@ -253,11 +253,11 @@ def test_refuses_a_pair_open_to_others(tmp_path):
     os.chmod(path, 0o777)
     os.mkfifo(path / "to0")
     os.chmod(path / "to0", 0o666)
-    with pytest.raises(PermissionError, match=r"pre: its mode 0o777 gives group/others"):
+    with pytest.raises(PermissionError, match=r"pre: its mode 0o777 lets group/others"):
         mpx.Pipe(backend="fifo", path=path, end=0, timeout=0.1)
     assert os.listdir(path) == ["to0"]            # nothing made or opened there
     os.chmod(path, 0o700)
-    with pytest.raises(PermissionError, match=r"to0: its mode 0o666 gives group/others"):
+    with pytest.raises(PermissionError, match=r"to0: its mode 0o666 lets group/others"):
         mpx.Pipe(backend="fifo", path=path, end=0, timeout=0.1)
     os.chmod(path / "to0", 0o600)
     make_pair(path)                               # safe now

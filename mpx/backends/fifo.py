@@ -28,17 +28,25 @@ default 0o600; the directory gets x for group/others where `mode` grants
 them r or w). Pass the same `mode` on both sides. With a `mode` that grants
 group or others access, a pair made by another user is accepted too (that
 is how two users share one). Otherwise ``PermissionError`` says what is
-wrong.
+wrong. The rule is mpx's one rule for named objects (``mpx._trust``).
+
+`timeout` is read as everywhere in mpx: None or infinity wait for ever, NaN
+or a negative number is a ValueError.
 
 Without `path`, ``mpx.Pipe(backend="fifo")`` returns a connected pair whose
-FIFOs are removed from the file system at once: nothing is left behind.
+FIFOs are removed from the file system at once: nothing is left behind, also
+when making it fails (out of descriptors, say).
+
+Removing a pair (``unlink``, and ``remove`` for ``python -m mpx rm``) looks
+at the pair itself, never through a symbolic link: only a directory holding
+nothing but a pair's FIFOs and lock files is removed, and ``remove`` (whose
+record anybody may have written) removes only a pair that this user owns.
 """
 
 import errno
 import fcntl
 import os
 import select
-import shutil
 import stat
 import tempfile
 import time
@@ -46,6 +54,8 @@ import time
 from multiprocessing import reduction
 
 from .. import _names
+from .._timeouts import seconds
+from .._trust import check_mode, check_owner
 from ._conn import SerializedConnection
 
 FAMILIES = ("Pipe",)
@@ -101,11 +111,6 @@ class FifoConnection(SerializedConnection):
         return f"<mpx FIFO connection {self._path or '(anonymous)'} fd={self._handle}>"
 
 
-def _check_mode(mode):
-    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be an int permission mask like 0o600, not {mode!r}")
-
-
 def _dir_mode(mode):
     # The directory needs x wherever the FIFOs grant r or w, and nothing else.
     return 0o700 | (0o010 if mode & 0o060 else 0) | (0o001 if mode & 0o006 else 0)
@@ -121,17 +126,11 @@ def _refuse(name, why):
 
 
 def _check_safe(name, st, allowed, mode):
-    """Refuse `name` (stat `st`) unless this user (or root) owns it and it
-    grants group/others nothing beyond `allowed`."""
-    me = os.geteuid()
-    if st.st_uid not in (me, 0) and not mode & 0o066:
-        _refuse(name, f"it is owned by uid {st.st_uid}, not by this user (uid {me}) or root "
-                "(pass a mode= that grants group or others access to share a pair "
-                "another user made)")
-    beyond = st.st_mode & 0o077 & ~allowed
-    if beyond:
-        _refuse(name, f"its mode {stat.S_IMODE(st.st_mode):#o} gives group/others more than "
-                f"mode={mode:#o} allows (open it with the mode it was made with, or chmod it)")
+    """Refuse `name` (stat `st`) unless mpx's rule for named objects admits
+    it: this user (or root) owns it, or `mode` opts in to other users; and it
+    grants group/others nothing beyond `allowed` (the directory and the lock
+    files get other bits than the FIFOs for the same `mode`)."""
+    check_owner(name, uids=(st.st_uid,), perm=st.st_mode, mode=mode, allowed=allowed)
 
 
 def _open_at(dfd, name, flags, path):
@@ -148,12 +147,53 @@ def _open_pair(path, duplex, mode):
     """Make the FIFO pair's directory, FIFOs and lock files where missing,
     check what was there already, and return a descriptor of the directory
     (so that what was checked is what gets opened)."""
-    created = False
     try:
         os.mkdir(path, 0o700)
-        created = True
     except FileExistsError:
+        return _check_pair(path, duplex, mode, False)
+    try:
+        dfd = _check_pair(path, duplex, mode, True)
+    except BaseException:
+        # Nothing may stay behind that no record names: take back what was
+        # made. (_check_pair did, through the directory's descriptor, if it
+        # got one; out of descriptors, this goes by name.)
+        _remove_made(path)
+        raise
+    _names.record(_KIND, "fifo", path, __name__, duplex=duplex)
+    return dfd
+
+
+def _remove_made(path, dfd=None):
+    """Remove the pair this process just made at `path`: through `dfd`, the
+    directory's descriptor, or else by name (which needs no free
+    descriptor) if `path` is still a directory of this user's (not, say, a
+    symbolic link put in its place)."""
+    if dfd is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return
+    for name in (*_fifo_names(True), *_LOCKS):
+        try:
+            if dfd is None:
+                os.unlink(os.path.join(path, name))
+            else:
+                os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+    try:
+        os.rmdir(path)
+    except OSError:
         pass
+
+
+def _check_pair(path, duplex, mode, created):
+    """The directory's descriptor, once it and what is in it passed the
+    checks (and, with `created`, once the FIFOs and locks are made)."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         _refuse(path, "it is a symbolic link (give the FIFO pair's real path)")
@@ -196,10 +236,10 @@ def _open_pair(path, duplex, mode):
             finally:
                 os.close(fd)
     except BaseException:
+        if created:
+            _remove_made(path, dfd)
         os.close(dfd)
         raise
-    if created:
-        _names.record(_KIND, "fifo", path, __name__, duplex=duplex)
     return dfd
 
 
@@ -313,18 +353,26 @@ def _open_end(path, dfd, end, duplex, serializer, timeout, mode):
 
 def _anonymous_pair(duplex, serializer):
     path = tempfile.mkdtemp(prefix="mpx-fifo-")
+    names = _fifo_names(duplex)
+    fds = {}
     try:
-        fds = {}
-        for name in _fifo_names(duplex):
+        for name in names:
             fifo = os.path.join(path, name)
             os.mkfifo(fifo, 0o600)
             # Readers first (non-blocking open), then writers find them there.
             fds["r" + name] = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        for name in _fifo_names(duplex):
+        for name in names:
             fds["w" + name] = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CLOEXEC)
         _blocking(*fds.values())
+    except BaseException:
+        # Out of descriptors, say: give back the ones opened so far.
+        for fd in fds.values():
+            os.close(fd)
+        raise
     finally:
-        shutil.rmtree(path, ignore_errors=True)    # open descriptors keep working
+        # Open descriptors keep working without the names. By name, not
+        # with shutil.rmtree, which needs descriptors of its own.
+        _remove_made(path)
     if duplex:
         return (FifoConnection(fds["rto0"], True, True, serializer=serializer, write_handle=fds["wto1"]),
                 FifoConnection(fds["rto1"], True, True, serializer=serializer, write_handle=fds["wto0"]))
@@ -334,6 +382,7 @@ def _anonymous_pair(duplex, serializer):
 
 def Pipe(ctx, duplex=True, *, serializer, path=None, end=None, timeout=None, mode=0o600):
     """See the module docstring."""
+    timeout = seconds(timeout)
     if path is None:
         if end is not None:
             raise ValueError("end= is only meaningful with path=: each process opens "
@@ -342,9 +391,7 @@ def Pipe(ctx, duplex=True, *, serializer, path=None, end=None, timeout=None, mod
     if end not in (0, 1) or isinstance(end, bool):
         raise ValueError(f"end must be 0 or 1 (which side of the FIFO pair this process "
                          f"opens), not {end!r}")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0 or None")
-    _check_mode(mode)
+    mode = check_mode(mode)
     path = os.path.abspath(os.fspath(path))
     dfd = _open_pair(path, duplex, mode)
     try:
@@ -354,31 +401,165 @@ def Pipe(ctx, duplex=True, *, serializer, path=None, end=None, timeout=None, mod
 
 
 def unlink(path):
-    """Remove the FIFO pair at `path` (FileNotFoundError if there is none)."""
+    """Remove the FIFO pair at `path` (FileNotFoundError if there is none).
+
+    Only a directory holding nothing but a pair's FIFOs and lock files is
+    removed, and nothing is followed through a symbolic link. Works without
+    a free file descriptor too (by name, where the directory around the
+    pair lets nobody else swap it meanwhile)."""
     path = os.path.abspath(os.fspath(path))
-    if stat.S_ISLNK(os.lstat(path).st_mode):       # raises FileNotFoundError, naming path
-        raise ValueError(f"{path} is a symbolic link, not an mpx FIFO pair; not removing it")
-    names = os.listdir(path)
-    if not set(names) <= {"to0", "to1", *_LOCKS}:
-        raise ValueError(f"{path} holds more than an mpx FIFO pair ({sorted(names)}); "
-                         "not removing it")
-    for name in names:
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
+    _remove_pair(path, mine=False)
     _names.forget(_KIND, "fifo", path)
 
 
+_PAIR_TYPES = {"to0": stat.S_ISFIFO, "to1": stat.S_ISFIFO,
+               "end0.lock": stat.S_ISREG, "end1.lock": stat.S_ISREG}
+
+
+def _remove_pair(path, mine):
+    """Remove the pair at `path` after looking at the pair itself: a real
+    directory (not a link to one) holding only a pair's entries, each of its
+    type; with `mine`, one that holds a FIFO ``to0`` and that this user owns
+    (root removes only root's). PermissionError or ValueError, naming the
+    path, otherwise; FileNotFoundError if nothing is there."""
+    st = os.lstat(path)                          # raises FileNotFoundError, naming path
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"{path} is a symbolic link, not an mpx FIFO pair; not removing it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{path} is not an mpx FIFO pair (not a directory); not removing it")
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            return _remove_pair_by_name(path, mine)
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError(f"{path} was replaced by something else than an mpx FIFO "
+                             "pair; not removing it") from None
+        raise
+    try:
+        dst = os.fstat(dfd)
+        if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino):
+            raise ValueError(f"{path} was replaced while being removed; not removing it")
+        _check_remover(path, dst, mine)
+        try:
+            names = os.listdir(dfd)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            names = [n for n in _PAIR_TYPES if _exists_at(dfd, n)]
+        _check_entries(path, names, mine,
+                       lambda name: os.stat(name, dir_fd=dfd, follow_symlinks=False))
+        for name in names:
+            os.unlink(name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    # The directory is empty now; had someone swapped it meanwhile, rmdir
+    # removes at worst their empty directory, or fails.
+    os.rmdir(path)
+
+
+def _exists_at(dfd, name):
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _check_remover(path, st, mine):
+    me = os.geteuid()
+    if mine and st.st_uid != me:
+        raise PermissionError(errno.EPERM, f"refusing to remove {path}: it is owned by uid "
+                              f"{st.st_uid}, not by this user (uid {me})", path)
+
+
+def _check_entries(path, names, mine, lstat_of):
+    extra = sorted(set(names) - set(_PAIR_TYPES))
+    if extra:
+        raise ValueError(f"{path} holds more than an mpx FIFO pair ({extra}); "
+                         "not removing it")
+    for name in names:
+        if not _PAIR_TYPES[name](lstat_of(name).st_mode):
+            raise ValueError(f"{os.path.join(path, name)} is not what an mpx FIFO pair "
+                             "holds there; not removing the pair")
+    if mine and "to0" not in names:
+        raise ValueError(f"{path} is not an mpx FIFO pair (it has no FIFO to0); "
+                         "not removing it")
+
+
+def _remove_pair_by_name(path, mine):
+    """`_remove_pair` without a free descriptor: by path, which is safe only
+    while nobody else can rename entries of the directory around the pair
+    (it is this user's or root's, and others cannot write it or it is
+    sticky, as /tmp is)."""
+    parent = os.stat(os.path.dirname(path))
+    me = os.geteuid()
+    if parent.st_uid not in (me, 0) or (parent.st_mode & 0o022
+                                         and not parent.st_mode & stat.S_ISVTX):
+        raise OSError(errno.EMFILE, f"out of file descriptors, and removing {path} by name "
+                      f"is not safe in a directory others may write", path)
+    _check_remover(path, os.lstat(path), mine)
+    names = [n for n in _PAIR_TYPES if os.path.lexists(os.path.join(path, n))]
+    _check_entries(path, names, mine, lambda name: os.lstat(os.path.join(path, name)))
+    for name in names:
+        os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+        raise ValueError(f"{path} holds more than an mpx FIFO pair; removed the pair's "
+                         "entries, not the directory") from None
+
+
 # --- the command line's view (see mpx._names) ------------------------------
+# A record is untrusted input (another user may have written it): only its
+# path is taken from it, and every decision is made on the pair itself.
+
+def _entry_path(entry):
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not os.path.isabs(name) or os.path.normpath(name) != name:
+        raise ValueError(f"the record does not name a FIFO pair by its absolute path "
+                         f"({name!r})")
+    return name
+
 
 def describe(entry):
-    path = entry["name"]
-    if not os.path.isdir(path):
+    """What ``ls`` shows of the pair the record names; None when no pair is
+    there (gone, or replaced by something else). Reads only: the directory
+    is opened read-only and never through a symbolic link."""
+    path = _entry_path(entry)
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    try:
+        names = set(os.listdir(dfd))
+        if not names <= set(_PAIR_TYPES):
+            return None
+        fifo = os.stat("to0", dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
         return None
-    return {"size": "-", "path": path}
+    finally:
+        os.close(dfd)
+    if not stat.S_ISFIFO(fifo.st_mode):
+        return None
+    return {"size": "-", "path": path, "duplex": "to1" in names,
+            "mode": f"{stat.S_IMODE(fifo.st_mode):#o}"}
 
 
 def remove(entry):
+    """Remove the pair the record names: only a pair this user owns, looked
+    at on the pair itself (see _remove_pair); the record goes with it, or
+    when nothing is there any more."""
+    path = _entry_path(entry)
     try:
-        unlink(entry["name"])
+        _remove_pair(path, mine=True)
     except FileNotFoundError:
-        _names.forget(_KIND, "fifo", entry["name"])
+        pass
+    _names.forget(_KIND, "fifo", path)
