@@ -150,7 +150,9 @@ def in_child(func, *args, timeout=30, **kw):
 
 
 def child_attach_sum(name, backend, **kw):
-    """What a victim does: attach and read every element."""
+    """What a victim does: attach and read every element. The victim is
+    another process: nothing this one has mapped is in its cache."""
+    sa._cache.clear()
     a = SharedArray.attach(name, backend=backend, **kw)
     return str(a.sum() if a.dtype.names is None else a.tolist())
 
@@ -192,14 +194,17 @@ def struct_enc(formats, itemsize):
             "titles": [None] * len(formats), "itemsize": itemsize, "aligned": False}
 
 
+# (description, itemsize): shape and strides are made to fit the segment, so
+# that only the dtype is wrong (an mpx that believed it would segfault).
 OBJECT_DTYPES = {
-    "top level": "|O",
-    "top level, O8": "|O8",
-    "struct field": struct_enc(["<i8", "|O"], 16),
-    "subarray": ("subarray", "|O", (2,)),
-    "subarray in a struct field": struct_enc([("subarray", "|O", (2,))], 16),
-    "nested three deep": struct_enc([struct_enc([struct_enc(["|O"], 8)], 8)], 8),
-    "subarray of a struct with an object": ("subarray", struct_enc(["<f8", "|O"], 16), (1,)),
+    "top level": ("|O", 8),
+    "top level, O8": ("|O8", 8),
+    "struct field": (struct_enc(["<i8", "|O"], 16), 16),
+    "subarray": (("subarray", "|O", (2,)), 16),
+    "subarray in a struct field": (struct_enc([("subarray", "|O", (2,))], 16), 16),
+    "nested three deep": (struct_enc([struct_enc([struct_enc(["|O"], 8)], 8)], 8), 8),
+    "subarray of a struct with an object": (("subarray", struct_enc(["<f8", "|O"], 16), (1,)),
+                                            16),
 }
 
 
@@ -209,7 +214,9 @@ def test_object_dtype_in_header_is_InvalidSegmentError(backend, case, named):
     # The data bytes would be taken for PyObject pointers: 0x41414141...
     a = named(backend, (4,), np.dtype("V16"))
     a.view(np.uint8)[:] = 0x41
-    rewrite(a, meta_of(a, dtype=OBJECT_DTYPES[case], strides=(16,)))
+    enc, itemsize = OBJECT_DTYPES[case]
+    n = 64 // itemsize
+    rewrite(a, meta_of(a, dtype=enc, shape=(n,), strides=(itemsize,)))
     refused_in_child(a.name, backend, "Python objects")
 
 
