@@ -23,6 +23,8 @@ import select
 import signal
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -583,6 +585,8 @@ def test_junk_and_forged_records_never_break_list_arrays(named, victim_file):
     os.makedirs(_names.names_dir(), exist_ok=True)
     junk = [
         ("a.SharedArray.junk1.json", "{not json"),
+        ("a.SharedArray.junk0.json", "[1, 2]"),
+        ("a.SharedArray.junk00.json", "5"),
         ("a.SharedArray.junk2.json", json.dumps({"kind": "SharedArray", "backend": 5})),
         ("a.SharedArray.junk3.json", json.dumps({"kind": "SharedArray", "backend": "posix",
                                                  "name": 5, "meta": []})),
@@ -636,7 +640,7 @@ def test_creator_killed_before_the_header_leaves_no_name_FileNotFoundError(backe
     _names.forget("SharedArray", backend, name)
 
 
-@pytest.mark.parametrize("how", ["unlink", "rm"])
+@pytest.mark.parametrize("how", ["unlink", "remove", "mpx rm"])
 def test_sysv_creator_killed_before_the_header_is_removable(how, monkeypatch):
     monkeypatch.setattr(sa, "_ATTACH_WAIT", 30)     # the creator's death ends the wait
     name = new_name("sysv", None)
@@ -647,10 +651,14 @@ def test_sysv_creator_killed_before_the_header_is_removable(how, monkeypatch):
     assert time.monotonic() - start < 10
     if how == "unlink":
         sa.unlink(name, backend="sysv")
-    else:
+    elif how == "remove":
         # python -m mpx rm goes through the record, written before the header.
         entry = next(e for e in _names.entries() if e.get("name") == name)
         sysv_shm.remove(entry)
+    else:
+        out = subprocess.run([sys.executable, "-m", "mpx", "rm", name], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "removed" in out.stdout, (out.stdout, out.stderr)
     with pytest.raises(FileNotFoundError):
         SharedArray.attach(name, backend="sysv")
     assert not [e for e in _names.entries() if e.get("name") == name]
