@@ -45,7 +45,8 @@ class SharedArray(np.ndarray[tuple[Any, ...], np.dtype[_ScalarT_co]]):
                 path: _Path | None = None) -> SharedArray[Any]: ...
 
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = False, backend: str | None = None) -> Self: ...
+    def attach(cls, name: str, *, readonly: bool = False, backend: str | None = None,
+               mode: int = 0o600) -> Self: ...
     @overload
     @classmethod
     def from_array(cls, arr: NDArray[_ScalarT], name: str | None = None, *,
