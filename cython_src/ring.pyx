@@ -366,8 +366,8 @@ cdef object _seconds = None
 
 cdef double timeout_seconds(object timeout) except? -2.0:
     """`timeout` (not None) read by mpx._timeouts.seconds, the one rule of
-    every mpx wait (NaN and negatives: ValueError; not a number: TypeError;
-    inf: for ever): its seconds, or -1.0 for ever."""
+    every mpx wait (NaN: ValueError; not a number: TypeError; negative: no
+    wait; inf: for ever): its seconds, or -1.0 for ever."""
     global _seconds
     if _seconds is None:
         from mpx._timeouts import seconds
@@ -390,7 +390,7 @@ cdef inline int64_t to_deadline(bint block, object timeout) except? -2:
         return -1
     if type(timeout) is float:
         t = <double>timeout
-        if not t >= 0:          # NaN or negative: seconds() raises its error
+        if not t >= 0:          # NaN or negative: seconds() decides
             t = timeout_seconds(timeout)
     elif type(timeout) is int and 0 <= timeout <= 1000000000:
         t = <double>timeout

@@ -93,9 +93,9 @@ cdef class SharedWord:
 
         Returns True once the value differs, False if `timeout` (seconds)
         passes first. `timeout` is read by mpx._timeouts.seconds, as every
-        mpx wait reads it: None or inf waits forever, NaN and negatives are
-        a ValueError at once. Signals are honoured: a KeyboardInterrupt
-        raised by a handler comes through.
+        mpx wait reads it: None or inf waits forever, a negative timeout does
+        not wait, NaN is a ValueError at once. Signals are honoured: a
+        KeyboardInterrupt raised by a handler comes through.
         """
         cdef uint32_t* addr = self._addr()
         cdef int64_t deadline = -1

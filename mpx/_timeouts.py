@@ -4,8 +4,10 @@ As in ``multiprocessing``: ``timeout=None`` waits for ever, a number waits
 that many seconds on the monotonic clock, and ``block=False`` does not wait.
 mpx adds what the stdlib leaves to chance: ``float("inf")`` also waits for
 ever, NaN is a ValueError at once (it compares false with everything, so
-loops built on ``<`` would spin or never end), a negative timeout is a
-ValueError and something that is not a number is a TypeError.
+loops built on ``<`` would spin or never end) and something that is not a
+number is a TypeError. A negative timeout does not wait, as with the stdlib's
+``Queue.get``, ``Connection.poll`` and semaphores: code that passes
+``deadline - time.monotonic()`` relies on it.
 """
 
 import math
@@ -31,7 +33,7 @@ def seconds(timeout, block=True, what="timeout"):
     if math.isnan(value):
         raise ValueError(f"{what} must be a number of seconds or None, not NaN")
     if value < 0:
-        raise ValueError(f"{what} must be a non-negative number of seconds, not {timeout!r}")
+        return 0.0
     if math.isinf(value):
         return None
     return value

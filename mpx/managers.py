@@ -166,32 +166,16 @@ def _manager_serializer(spec):
     return ser
 
 
-def _wait_timeout(timeout, what="timeout"):
-    """A proxy's wait `timeout` as the referent (``threading``, ``queue``)
-    should get it: NaN is a ValueError here at once (the referent would
-    return at once, or wait for ever, depending on the type), infinity means
-    for ever (None; ``threading`` would raise OverflowError), and anything
-    else, negatives included, keeps the referent's own meaning."""
-    if timeout is None:
-        return None
-    try:
-        return _seconds(timeout, what=what)
-    except ValueError:
-        if timeout != timeout:      # NaN
-            raise
-        return timeout
-
-
 def _positive_seconds(value, what, forever):
     """A manager setting in seconds: `forever` for None or infinity, else a
     number > 0 (NaN, negatives and zero are ValueErrors)."""
     if value is None:
         return forever
-    value = _seconds(value, what=what)
+    given, value = value, _seconds(value, what=what)
     if value is None:
         return forever
     if value <= 0:
-        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+        raise ValueError(f"{what} must be a positive number of seconds, not {given!r}")
     return value
 
 
@@ -1455,7 +1439,7 @@ class BaseManager:
         return self._control("info")
 
     def join(self, timeout=None):
-        timeout = _wait_timeout(timeout, "join's timeout")
+        timeout = _seconds(timeout, what="join's timeout")
         if self._process is not None:
             self._process.join(timeout)
             if not self._process.is_alive():
@@ -1795,7 +1779,7 @@ class AcquirerProxy(BaseProxy):
     _exposed_ = ("acquire", "release")
 
     def acquire(self, blocking=True, timeout=None):
-        timeout = _wait_timeout(timeout)
+        timeout = _seconds(timeout)
         args = (blocking,) if timeout is None else (blocking, timeout)
         return self._callmethod("acquire", args)
 
@@ -1813,7 +1797,7 @@ class ConditionProxy(AcquirerProxy):
     _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (_wait_timeout(timeout),))
+        return self._callmethod("wait", (_seconds(timeout),))
 
     def notify(self, n=1):
         return self._callmethod("notify", (n,))
@@ -1822,7 +1806,7 @@ class ConditionProxy(AcquirerProxy):
         return self._callmethod("notify_all")
 
     def wait_for(self, predicate, timeout=None):
-        timeout = _wait_timeout(timeout)
+        timeout = _seconds(timeout)
         result = predicate()
         if result:
             return result
@@ -1851,14 +1835,14 @@ class EventProxy(BaseProxy):
         return self._callmethod("clear")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (_wait_timeout(timeout),))
+        return self._callmethod("wait", (_seconds(timeout),))
 
 
 class BarrierProxy(BaseProxy):
     _exposed_ = ("__getattribute__", "wait", "abort", "reset")
 
     def wait(self, timeout=None):
-        return self._callmethod("wait", (_wait_timeout(timeout),))
+        return self._callmethod("wait", (_seconds(timeout),))
 
     def abort(self):
         return self._callmethod("abort")
@@ -1970,10 +1954,10 @@ class _Queue(queue.Queue):
     waits for ever (``queue.Queue`` would raise OverflowError)."""
 
     def get(self, block=True, timeout=None):
-        return super().get(block, _wait_timeout(timeout) if block else timeout)
+        return super().get(block, _seconds(timeout) if block else timeout)
 
     def put(self, item, block=True, timeout=None):
-        return super().put(item, block, _wait_timeout(timeout) if block else timeout)
+        return super().put(item, block, _seconds(timeout) if block else timeout)
 
 
 class SyncManager(BaseManager):

@@ -20,22 +20,7 @@ from .. import _serial
 from .._serial import loads_custom, wire_bytes
 from .._timeouts import seconds
 
-__all__ = ["SerializedConnection", "stdlib_timeout"]
-
-
-def stdlib_timeout(timeout, what="timeout"):
-    """`timeout` as the stdlib's waits (``Connection.poll``, ``Queue.get``)
-    should get it, read by mpx's rule: None or infinity wait for ever (the
-    stdlib raises OverflowError for infinity), NaN is a ValueError at once
-    (the stdlib gives an unrelated error, or EINVAL from the kernel), and
-    something that is not a number a TypeError. A negative number keeps the
-    stdlib's meaning, no wait: code computing ``deadline - now`` relies on it."""
-    try:
-        return seconds(timeout, what=what)
-    except ValueError:
-        if timeout != timeout:      # NaN
-            raise
-        return 0.0
+__all__ = ["SerializedConnection"]
 
 
 class SerializedConnection(_mpc.Connection):
@@ -61,7 +46,7 @@ class SerializedConnection(_mpc.Connection):
         self._send_bytes(data if type(data) is bytes else wire_bytes(self._serializer, data))
 
     def poll(self, timeout=0.0):
-        return super().poll(stdlib_timeout(timeout, "poll's timeout"))
+        return super().poll(seconds(timeout, what="poll's timeout"))
 
     def recv(self):
         self._check_closed()

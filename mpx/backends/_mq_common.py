@@ -154,7 +154,7 @@ def check_priority(priority):
 
 def check_timeout(block, timeout):
     """The timeout to use: 0 when not blocking, None for ever (``inf`` too),
-    else seconds; NaN and negatives are ValueError (the one rule of
+    else seconds (a negative one: 0); NaN is a ValueError (the one rule of
     ``mpx._timeouts``)."""
     return _timeouts.seconds(timeout, block)
 

@@ -30,8 +30,8 @@ group or others access, a pair made by another user is accepted too (that
 is how two users share one). Otherwise ``PermissionError`` says what is
 wrong. The rule is mpx's one rule for named objects (``mpx._trust``).
 
-`timeout` is read as everywhere in mpx: None or infinity wait for ever, NaN
-or a negative number is a ValueError.
+`timeout` is read as everywhere in mpx: None or infinity wait for ever, a
+negative number does not wait, NaN is a ValueError.
 
 Without `path`, ``mpx.Pipe(backend="fifo")`` returns a connected pair whose
 FIFOs are removed from the file system at once: nothing is left behind, also

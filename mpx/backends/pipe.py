@@ -24,7 +24,8 @@ import socket
 
 from .. import _serial
 from .._serial import loads_custom, wire_bytes
-from ._conn import SerializedConnection, stdlib_timeout
+from .._timeouts import seconds
+from ._conn import SerializedConnection
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
 
@@ -39,21 +40,21 @@ class _Serialized:
     def _set_serializer(self, serializer):
         self._serializer = serializer
 
-    # Timeouts are read by mpx's rule (see _conn.stdlib_timeout) before the
-    # stdlib sees them: NaN is a ValueError, infinity waits for ever.
+    # Timeouts are read by mpx's rule (mpx._timeouts) before the stdlib sees
+    # them: NaN is a ValueError, infinity waits for ever.
 
     def put(self, obj, block=True, timeout=None):
         data = self._serializer.dumps(obj)
-        super().put(data, block, stdlib_timeout(timeout) if block else timeout)
+        super().put(data, block, seconds(timeout) if block else timeout)
 
     def get(self, block=True, timeout=None):
-        timeout = stdlib_timeout(timeout) if block else timeout
+        timeout = seconds(timeout) if block else timeout
         return self._serializer.loads(super().get(block, timeout))
 
     def put_many(self, objs, block=True, timeout=None):
         """Put every object of `objs`, in order (all are serialized first, so
         an unserializable one raises before anything is enqueued)."""
-        timeout = stdlib_timeout(timeout) if block else timeout
+        timeout = seconds(timeout) if block else timeout
         for data in [self._serializer.dumps(o) for o in objs]:
             super().put(data, block, timeout)
 

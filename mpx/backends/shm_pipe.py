@@ -241,11 +241,7 @@ class Connection:
         stdlib, a negative timeout does not wait; NaN is a ValueError."""
         chan = self._reader()
         if timeout is not None:
-            try:
-                negative = timeout < 0
-            except TypeError:
-                negative = False        # seconds() says what is wrong with it
-            timeout = 0.0 if negative else _timeouts.seconds(timeout)
+            timeout = _timeouts.seconds(timeout)
         return chan.poll(timeout)
 
     # --------------------------------------------------------------- travel
