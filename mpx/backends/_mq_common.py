@@ -843,9 +843,11 @@ class MessageQueueBase:
         return self._decode(self._recv(check_timeout(block, timeout))[0])
 
     def put_nowait(self, obj):
+        """``put(obj, block=False)``: queue.Full at once when there is no room."""
         return self.put(obj, False)
 
     def get_nowait(self):
+        """``get(block=False)``: queue.Empty at once when nothing waits."""
         return self.get(False)
 
     def put_many(self, objs, block=True, timeout=None):
@@ -903,6 +905,7 @@ class MessageQueueBase:
         return self._qsize()
 
     def empty(self):
+        """True when no message waits now (exact, as :meth:`qsize`)."""
         return self.qsize() == 0
 
     def full(self):
@@ -912,6 +915,7 @@ class MessageQueueBase:
 
     @property
     def maxsize(self):
+        """The most messages the queue holds (0: only the kernel's limit)."""
         return self._maxsize
 
     def close(self):
@@ -995,6 +999,7 @@ class JoinableMixin:
     _family = "JoinableQueue"
 
     def put(self, obj, block=True, timeout=None):
+        """Put `obj` and count it as an unfinished task (see :meth:`join`)."""
         self._put(obj, 0, block, timeout)
 
     def _put(self, obj, prio, block, timeout):
@@ -1008,6 +1013,7 @@ class JoinableMixin:
             raise
 
     def put_many(self, objs, block=True, timeout=None):
+        """Put every object of `objs`, in order, each an unfinished task."""
         self._check_open()
         timeout = check_timeout(block, timeout)
         frames = self._encode_all(objs)
@@ -1073,6 +1079,7 @@ class PriorityMixin:
         self._put(item, check_priority(priority), block, timeout)
 
     def put_nowait(self, item, priority=0):
+        """``put(item, priority, block=False)``."""
         return self.put(item, priority, False)
 
     def put_many(self, objs, block=True, timeout=None, priority=0):

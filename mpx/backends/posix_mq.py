@@ -537,6 +537,10 @@ class PosixQueue(MessageQueueBase):
             return self._decode(msg)
         return super().get(block, timeout)
 
+    # Fast paths of the base class's methods, which say what they do.
+    put.__doc__ = MessageQueueBase.put.__doc__
+    get.__doc__ = MessageQueueBase.get.__doc__
+
     def _waker(self):
         """This process's eventfd for the queue, made by the first wait.
         close() writes to it and nothing ever reads it, so every poll() on

@@ -94,14 +94,17 @@ class Connection:
 
     @property
     def closed(self):
+        """True once :meth:`close` was called on this end."""
         return self._chan is None
 
     @property
     def readable(self):
+        """True if this end can receive (False for the send end of a simplex pair)."""
         return self._readable
 
     @property
     def writable(self):
+        """True if this end can send (False for the receive end of a simplex pair)."""
         return self._writable
 
     def _live(self):
@@ -128,6 +131,8 @@ class Connection:
         return self._live().fileno()
 
     def close(self):
+        """Close this end (idempotent). Once every copy of it is closed, or
+        its processes died, the other end's recv raises EOFError."""
         chan, self._chan = self._chan, None
         self._unbind()
         if chan is not None:

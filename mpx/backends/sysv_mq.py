@@ -599,6 +599,10 @@ class SysvQueue(MessageQueueBase):
 
     # -- general path ----------------------------------------------------
 
+    # Fast paths of the base class's methods, which say what they do.
+    put.__doc__ = MessageQueueBase.put.__doc__
+    get.__doc__ = MessageQueueBase.get.__doc__
+
     def _translate(self, e):
         if isinstance(e, sysv_ipc.ExistentialError):
             return _removed_error(self.name)
