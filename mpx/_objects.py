@@ -238,15 +238,22 @@ def _report_skipped(command, found):
            f"are not mpx records ({shown}{more})")
 
 
-def run_ls(args):
+def _read_records(cmd, read):
+    """`read()`, or None after saying why the record could not be read."""
     try:
-        found, rows = _gather(args)
+        return read()
     except _names.RecordDirError as e:
-        _error("ls", e.strerror)
-        return 1
+        _error(cmd, e.strerror)
     except OSError as e:
-        _error("ls", f"cannot read the record of named objects in {_names.names_dir()}: {e}")
+        _error(cmd, f"cannot read the record of named objects in {_names.names_dir()}: {e}")
+    return None
+
+
+def run_ls(args):
+    read = _read_records("ls", lambda: _gather(args))
+    if read is None:
         return 1
+    found, rows = read
     if args.mine:                       # every record read is the caller's own
         rows = [r for r in rows if r[0].get("uid") == os.geteuid()]
     rows.sort(key=lambda r: (r[0]["backend"], r[0]["kind"], r[0]["name"]))
@@ -274,13 +281,8 @@ def run_rm(args):
     if args.names and args.all:
         _error("rm", "give NAMEs or --all, not both")
         return 2
-    try:
-        found = _own_records()
-    except _names.RecordDirError as e:
-        _error("rm", e.strerror)
-        return 1
-    except OSError as e:
-        _error("rm", f"cannot read the record of named objects in {_names.names_dir()}: {e}")
+    found = _read_records("rm", _own_records)
+    if found is None:
         return 1
     entries = [e for e in found.entries if _matches(e, args)]
     failed = False

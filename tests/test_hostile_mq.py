@@ -110,15 +110,7 @@ def tagpath(name):
     return f"/dev/shm/mpx-mq.{name}"
 
 
-def sysv_row(kind, key):
-    """The row of /proc/sysvipc/`kind` for `key` (a dict), or None."""
-    with open(f"/proc/sysvipc/{kind}") as f:
-        columns = f.readline().split()
-        for line in f:
-            fields = line.split()
-            if fields and int(fields[0]) == key:
-                return dict(zip(columns, fields))
-    return None
+sysv_row = sysv_mq._proc_row     # the row of /proc/sysvipc/`kind` for `key`, or None
 
 
 def scrub(name):

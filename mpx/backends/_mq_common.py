@@ -706,6 +706,30 @@ def forget_all(backend, name):
         _names.forget(kind, backend, name)
 
 
+def sweep_sides(backend, body, uid):
+    """Unlink the side segments of queue `body` (`uid`'s only, unless None).
+    Returns None, or the OSError that kept SHM_DIR from being listed: the
+    caller removes the rest of the queue first, then passes it to
+    :func:`finish_removal`."""
+    try:
+        sweep_prefix(side_prefix(backend, body), uid)
+    except OSError as e:
+        return e
+    return None
+
+
+def finish_removal(backend, body, what, swept):
+    """The last step of removing queue `body` (described as `what`): forget
+    its record, or, when its side segments could not be listed (`swept`,
+    from :func:`sweep_sides`), keep the record, so that ``mpx rm`` can
+    finish the job, and raise the error that says so."""
+    if swept is not None:
+        raise OSError(swept.errno, f"{what} was removed, but its large-message "
+                                   f"segments in {SHM_DIR} could not be listed ({swept}); "
+                                   f"`python -m mpx rm {body}` removes them")
+    forget_all(backend, body)
+
+
 # ---------------------------------------------------------------------------
 # The queue API
 

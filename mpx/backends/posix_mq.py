@@ -56,7 +56,7 @@ from ._mq_common import (
     FLAG_ANONYMOUS, KIND_OF_FAMILY, SHM_DIR, TAG_SIZE, CorruptTag, JoinableMixin,
     MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore, Tag, check_compatible,
     check_header, count_sides, entry_body, forget_all, half_created, ls_columns, open_queue,
-    queue_args, read_int, settled_header, side_prefix, sweep_prefix, symlink_refused,
+    queue_args, read_int, settled_header, finish_removal, sweep_sides, symlink_refused,
     _unlink_quiet)
 from ._mq_common import PRIORITY_MIN, PRIORITY_MAX  # noqa: F401  (documented here too)
 
@@ -396,22 +396,12 @@ def _unlink_names(body, uid):
         pass
     except posix_ipc.PermissionsError:
         raise _permission_error(body, "the queue") from None
-    try:
-        sweep_prefix(side_prefix(BACKEND, body), uid)
-    except OSError as e:
-        swept = e
-    else:
-        swept = None
+    swept = sweep_sides(BACKEND, body, uid)
     try:
         _unlink_quiet(tagpath)
     except PermissionError:
         raise _permission_error(body, "its tag " + tagpath) from None
-    if swept is not None:
-        # The record stays, so that `mpx rm` can finish the job.
-        raise OSError(swept.errno, f"{_what(body)} was removed, but its large-message "
-                                   f"segments in {SHM_DIR} could not be listed ({swept}); "
-                                   f"`python -m mpx rm {body}` removes them")
-    forget_all(BACKEND, body)
+    finish_removal(BACKEND, body, _what(body), swept)
 
 
 def _queue_owner(body):

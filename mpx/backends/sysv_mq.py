@@ -78,7 +78,7 @@ from ._mq_common import (
     KIND_OF_FAMILY, TAG_SIZE, CorruptTag, JoinableMixin, MessageQueueBase, NotAnMpxQueue,
     PriorityMixin, SideStore, Tag, check_compatible, check_header, check_limit, count_sides,
     entry_body, forget_all, half_created, ls_columns, normalize_name, open_queue, queue_args,
-    read_int, settled_header, side_prefix, sweep_prefix, SHM_DIR, PRIORITY_MAX,
+    read_int, settled_header, finish_removal, sweep_sides, SHM_DIR, PRIORITY_MAX,
     OFF_DATA_WAITERS, OFF_SPACE_WAITERS)
 from ._mq_common import PRIORITY_MIN  # noqa: F401  (documented here too)
 
@@ -400,12 +400,7 @@ def _remove_ids(body, key, mq, sem, shm, uid):
                 pass
             except sysv_ipc.PermissionsError:
                 raise _permission_error(body, key, what) from None
-    try:
-        sweep_prefix(side_prefix(BACKEND, body), uid)
-    except OSError as e:
-        swept = e
-    else:
-        swept = None
+    swept = sweep_sides(BACKEND, body, uid)
     if shm is not None:
         try:
             shm.remove()
@@ -413,11 +408,7 @@ def _remove_ids(body, key, mq, sem, shm, uid):
             pass
         except sysv_ipc.PermissionsError:
             raise _permission_error(body, key, "its tag segment") from None
-    if swept is not None:
-        raise OSError(swept.errno, f"{_what(body)} was removed, but its large-message "
-                                   f"segments in {SHM_DIR} could not be listed ({swept}); "
-                                   f"`python -m mpx rm {body}` removes them")
-    forget_all(BACKEND, body)
+    finish_removal(BACKEND, body, _what(body), swept)
 
 
 def _other_queues(header, key):
