@@ -21,6 +21,8 @@
 
 import faulthandler
 import os
+import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -305,3 +307,27 @@ def attacker():
             shutil.rmtree(names_dir, ignore_errors=True)
     finally:
         subprocess.run(["userdel", name], capture_output=True, timeout=60)
+
+
+# --- TLS for the Manager tests ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and its key: (cert, key) paths."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def server_context(cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def client_context(cert):
+    return ssl.create_default_context(cafile=cert)

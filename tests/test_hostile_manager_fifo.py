@@ -15,8 +15,6 @@ import resource
 import shutil
 import socket
 import ssl
-import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -26,8 +24,7 @@ import pytest
 import mpx
 import mpx.managers as mm
 from mpx.backends import _stream, fifo
-from multiprocessing import AuthenticationError
-from conftest import backends_for, wait_for
+from conftest import backends_for, client_context, server_context, wait_for
 
 SOCKET_BACKENDS = [b for b in backends_for("Manager") if b in ("unix", "tcp")]
 TIMEOUT = 30
@@ -269,27 +266,6 @@ def test_a_real_thread_limit_does_not_stop_the_accept_loop(backend, attacker):
 
 
 # --- Manager: TLS on one side only --------------------------------------------
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-def server_context(cert, key):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def client_context(cert):
-    return ssl.create_default_context(cafile=cert)
-
 
 @pytest.mark.skipif("tcp" not in SOCKET_BACKENDS, reason="tcp backend unavailable")
 def test_plaintext_client_on_a_tls_manager_is_told_tls_is_expected(certificate):

@@ -8,7 +8,6 @@ import socket
 import ssl
 import stat
 import struct
-import subprocess
 import threading
 import time
 
@@ -18,7 +17,7 @@ import mpx
 import mpx.managers as mm
 from mpx.backends import _stream
 from multiprocessing import AuthenticationError
-from conftest import backends_for, wait_for
+from conftest import backends_for, client_context, server_context, wait_for
 
 SOCKET_BACKENDS = [b for b in backends_for("Manager") if b in ("unix", "tcp")]
 TIMEOUT = 30
@@ -252,27 +251,6 @@ def test_served_in_process_removes_its_socket(tmp_path):
 
 
 # --- TLS ------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
-def server_context(cert, key):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def client_context(cert):
-    return ssl.create_default_context(cafile=cert)
-
 
 def read_in_child(d, out):
     out.put(d["secret"])
