@@ -63,7 +63,9 @@
 # the policy layer checks them before it creates anything; conn_send and
 # conn_recv are a Connection's send/recv as methods of its class (the
 # connection names its rings in _send_ring/_recv_ring, and its own
-# _send/_recv raise when there is none); header_info() reads a copy of a
+# _send/_recv raise when there is none); queue_put, queue_get,
+# queue_put_nowait and queue_get_nowait are a queue's likewise (rings in
+# _put_ring/_get_ring, else its _put/_get); header_info() reads a copy of a
 # header without mapping anything (for ls/rm).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t

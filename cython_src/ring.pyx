@@ -16,6 +16,7 @@
 #   ring.aux_*(i, ...)                        15 spare 32-bit futex words
 #   ring.send_obj(obj), ring.recv_obj()       a channel's send/recv (hooks on_*)
 #   conn_send(conn, obj), conn_recv(conn)     the same as a Connection's methods
+#   queue_put(q, obj, ...), queue_get(q, ...) put_obj/get_obj as a queue's methods
 #   ring.close()                              blocked calls of this process raise
 #                                             RingClosed (an OSError)
 #
@@ -132,6 +133,18 @@ cdef extern from *:
         return -1;
     #endif
     }
+    /* An eventfd bell: ring it (a saturated counter is rung anyway), and
+       take a ring back (1 if there was one). */
+    static inline void mpx_bell_ring(int fd) {
+        uint64_t one = 1;
+        while (write(fd, &one, 8) < 0 && errno == EINTR) {}
+    }
+    static inline int mpx_bell_take(int fd) {
+        uint64_t v;
+        ssize_t r;
+        do { r = read(fd, &v, 8); } while (r < 0 && errno == EINTR);
+        return r == 8;
+    }
     static inline int64_t mpx_file_size(int fd) {
         struct stat st;
         if (fstat(fd, &st) < 0) return -1;
@@ -157,6 +170,8 @@ cdef extern from *:
     int mpx_pid_gone(int pid) noexcept nogil
     void* mpx_map(size_t length, int prot, int fd, uint64_t off) noexcept nogil
     int64_t mpx_file_size(int fd) noexcept nogil
+    void mpx_bell_ring(int fd) noexcept nogil
+    int mpx_bell_take(int fd) noexcept nogil
     void mpx_seal_size(int fd) noexcept nogil
     int mpx_get_seals(int fd) noexcept nogil
     int mpx_flink(int fd, const char* path) noexcept nogil
@@ -742,6 +757,8 @@ cdef class Ring:
     cdef public object on_full      # send_obj found the ring full: on_full(msg, tag) puts it
     cdef public object on_empty     # recv_obj waited recv_wait seconds: on_empty() -> object
     cdef public object recv_wait
+    cdef public int bell_fd         # a queue's eventfd bell, which put_obj rings itself
+                                    # (-1: none; owned: closed with the ring)
     cdef int busy                   # calls of process busy_pid inside the ring now
     cdef int busy_pid               # the process whose calls `busy` counts
     cdef bint closing               # close() was called while calls were inside
@@ -760,6 +777,7 @@ cdef class Ring:
         self.enc_compact_tag = -1
         self.dec_compact_tag = -1
         self.bell_aux = -1
+        self.bell_fd = -1
         self.watch_aux = -1
         self.recv_wait = 0.0
         self.enc_big_size = PY_SSIZE_T_MAX
@@ -1004,6 +1022,9 @@ cdef class Ring:
         if close_fd and self.fd >= 0:
             close(self.fd)
         self.fd = -1
+        if close_fd and self.bell_fd >= 0:
+            close(self.bell_fd)
+        self.bell_fd = -1
 
     def close(self):
         """Unmap the ring and close its descriptor (this process only). Calls
@@ -1777,14 +1798,61 @@ cdef class Ring:
 
     def put_obj(self, obj, block=True, timeout=None):
         """Turn `obj` into a message with the enc_* hooks and put it (the
-        arguments and errors of put())."""
+        arguments and errors of put()); then, as send_obj, call on_bell() if
+        aux word bell_aux holds bell_value.""" 
+        self._put_obj(obj, block, timeout)
+
+    cdef int _put_obj(self, object obj, bint block, object timeout) except -1:
         cdef int tag = 0
+        cdef bint bell
         cdef int pid = self._enter()
         try:
             msg = self._encode_obj(obj, &tag)
             self._put_msg(msg, tag, block, timeout)
+            bell = self._bell_due()
         finally:
             self._leave(pid)
+        if bell:
+            self._ring_bell()
+        return 0
+
+    cdef int _ring_bell(self) except -1:
+        """A publish found aux word bell_aux at bell_value (armed): with a
+        bell_fd, ring it as a channel's writer does (_ring_channel's module
+        docstring: one writer per arming, and a ring the reader was quicker
+        than is taken back); otherwise call on_bell()."""
+        cdef uint32_t* armed
+        cdef uint32_t v = self.bell_value
+        cdef uint64_t t, h
+        if self.bell_fd < 0:
+            self.on_bell()
+            return 0
+        if self.hdr == NULL:
+            return 0                # closed by another thread meanwhile
+        armed = &self.hdr.aux[_aux(self.bell_aux)]
+        while mpx_load32(armed) == v and mpx_cas32(armed, v, v + 1):
+            mpx_bell_ring(self.bell_fd)
+            t = mpx_load64(&self.hdr.tail)
+            h = mpx_load64(&self.hdr.head)
+            if mpx_pos(t) != mpx_pos(h) or (t & MPX_F_SHUT):
+                return 0            # rung over a message
+            if not mpx_bell_take(self.bell_fd):
+                return 0            # the reader cleared it
+            # The reader took the message first: we took our ring back;
+            # re-arm for it and look again.
+            mpx_cas32(armed, v + 1, v)
+            t = mpx_load64(&self.hdr.tail)
+            h = mpx_load64(&self.hdr.head)
+            if mpx_pos(t) == mpx_pos(h) and not (t & MPX_F_SHUT):
+                return 0
+        return 0
+
+    cdef inline bint _bell_due(self) noexcept:
+        # After a publish (a locked compare-and-swap, a full barrier): does
+        # aux word bell_aux ask for on_bell()? (See send_obj; a queue with a
+        # fileno() reader uses the same bell.)
+        return self.bell_aux >= 0 and self.hdr != NULL and \
+            mpx_load32(&self.hdr.aux[_aux(self.bell_aux)]) == self.bell_value
 
     cdef object _encode_obj(self, object obj, int* tag):
         """The message for `obj` (its tag in `tag`), by the enc_* hooks."""
@@ -1815,6 +1883,9 @@ cdef class Ring:
     def get_obj(self, block=True, timeout=None):
         """Take a message and turn it back into an object with the dec_*
         hooks (the arguments and errors of get())."""
+        return self._get_obj(block, timeout)
+
+    cdef object _get_obj(self, bint block, object timeout):
         cdef list out = self._get(1, block, timeout)
         return self._decode_msg(out[0])
 
@@ -1890,12 +1961,17 @@ cdef class Ring:
         """put_many() of objects, each turned into a message as by put_obj().
         All are encoded first: one that cannot be raises and nothing is put."""
         cdef _Batch batch = _Batch()
+        cdef bint bell = False
         cdef int pid = self._enter()
         try:
             batch.fill(objs, self)
-            return self._put_batch(batch, to_deadline(block, timeout), block)
+            n = self._put_batch(batch, to_deadline(block, timeout), block)
+            bell = n > 0 and self._bell_due()
         finally:
             self._leave(pid)
+        if bell:
+            self._ring_bell()
+        return n
 
     def put_many(self, items, bint block=True, timeout=None):
         """Put several messages with as few lock rounds and wake-ups as room
@@ -2479,6 +2555,60 @@ def conn_recv(conn):
     if ring is None:
         return conn._recv()
     return (<Ring?>ring)._recv_obj()
+
+
+# The same for a queue: put, get, put_nowait and get_nowait of the shm queue
+# classes are these four functions. The queue names its ring in `_put_ring`
+# / `_get_ring`; None there (closed, items waiting in its stash, or a
+# fileno() watcher to keep exact) hands the call to its `_put(obj, block,
+# timeout)` / `_get(block, timeout)`, the general path in Python.
+
+def queue_put(q, obj, block=True, timeout=None):
+    """Put `obj` in the queue; it is in shared memory when put returns.
+    Raises queue.Full if no room appears in time, ShutDown after
+    shutdown(), and the serializer's error (the queue unchanged) if `obj`
+    cannot be serialized."""
+    ring = q._put_ring
+    if ring is None:
+        return q._put(obj, block, timeout)
+    (<Ring?>ring)._put_obj(obj, block, timeout)
+
+
+def queue_get(q, block=True, timeout=None):
+    """Remove and return the oldest item. Raises queue.Empty if none
+    arrives in time; after shutdown(), ShutDown once the queue is empty."""
+    ring = q._get_ring
+    if ring is None:
+        return q._get(block, timeout)
+    return (<Ring?>ring)._get_obj(block, timeout)
+
+
+def queue_put_nowait(q, obj):
+    """put(obj, False): queue.Full at once if there is no room."""
+    ring = q._put_ring
+    if ring is None:
+        return q._put(obj, False, None)
+    (<Ring?>ring)._put_obj(obj, False, None)
+
+
+def queue_get_nowait(q):
+    """get(False): queue.Empty at once if there is no item."""
+    ring = q._get_ring
+    if ring is None:
+        return q._get(False, None)
+    return (<Ring?>ring)._get_obj(False, None)
+
+
+# A bound method pickles as getattr(its __self__, its function's __name__):
+# give each function the name it has in the classes, so that `conn.send` or
+# `q.put` sent to another process (Process(target=q.put) under spawn) comes
+# back as that object's method.
+for _f, _name in ((conn_send, "send"), (conn_recv, "recv"), (queue_put, "put"),
+                  (queue_get, "get"), (queue_put_nowait, "put_nowait"),
+                  (queue_get_nowait, "get_nowait")):
+    _f.__name__ = _name
+    _f.__qualname__ = _name
+del _f, _name
 
 
 def header_info(data):

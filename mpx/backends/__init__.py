@@ -51,14 +51,14 @@ BACKENDS = {
 }
 
 # Fastest first: a family's default is the first available backend here that
-# provides it. One exception: the stdlib's own code reaches into the
-# SimpleQueue its context makes (concurrent.futures' ProcessPoolExecutor
-# waits on ``SimpleQueue()._reader``), so a SimpleQueue made without a backend
-# stays pipe-based and ``ProcessPoolExecutor(mp_context=mpx.get_context())``
-# keeps working; ``SimpleQueue(backend="shm")`` is the fast one.
+# provides it. (The stdlib's own code reaches into the SimpleQueue its
+# context makes: concurrent.futures' ProcessPoolExecutor waits on
+# ``SimpleQueue()._reader`` with ``multiprocessing.connection.wait``. The shm
+# queues' ``_reader`` has a descriptor for that, so shm is the default here
+# too.)
 PREFERENCE = {
     "Queue": ("shm", "pipe", "posix", "sysv"),
-    "SimpleQueue": ("pipe", "shm", "posix", "sysv"),
+    "SimpleQueue": ("shm", "pipe", "posix", "sysv"),
     "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
     "PriorityQueue": ("shm", "posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),

@@ -59,7 +59,8 @@ import weakref
 from .. import _names
 from .. import _serial
 from .. import _trust
-from . import _ring_codec
+from . import _ring_codec, _ring_watch
+from .. import _timeouts
 from ..queues import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
@@ -82,9 +83,12 @@ _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
 
 try:
     from .._ext import ring as _ring
+    from .._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
+                             queue_put as _queue_put, queue_put_nowait as _queue_put_nowait)
 except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None
     _IMPORT_ERROR = str(_e)
+    _queue_get = _queue_get_nowait = _queue_put = _queue_put_nowait = None
 
 
 
@@ -348,14 +352,35 @@ def _reopen(handle, name, ring_id, mode):
     how = handle[0]
     if how == "dup":
         # Handed over at process start: the descriptor came with us, and is
-        # ours now. (spawn passes it inheritable; a program this process
-        # runs must not get it.)
+        # ours now (so is the bell's, see _ring_watch). (spawn passes them
+        # inheritable; a program this process runs must not get them.)
         fd = handle[1].detach()
         os.set_inheritable(fd, False)
-        ring = _attach_fd(fd, ring_id)
+        bell = handle[2].detach() if len(handle) > 2 and handle[2] is not None else None
+        if bell is not None:
+            os.set_inheritable(bell, False)
+        try:
+            ring = _attach_fd(fd, ring_id)
+        except BaseException:
+            if bell is not None:
+                os.close(bell)
+            raise
         if ring is not None:
+            if bell is not None:
+                _ring_watch.arm_queue(ring, bell)
+            else:
+                _ring_watch.note_bellless(ring)
             return ring
+        if bell is not None:
+            os.close(bell)
         raise _ring.RingError("the descriptor passed at start is not the expected queue")
+    ring = _reopen_elsewhere(handle, name, ring_id, mode)
+    # Reopened by name or through /proc: the bell cannot come along.
+    _ring_watch.note_bellless(ring)
+    return ring
+
+
+def _reopen_elsewhere(handle, name, ring_id, mode):
     _, holders = handle
     if name is not None:
         try:
@@ -404,6 +429,12 @@ def _after_fork_in_child():
                 ring.register_holder()
             except ValueError:
                 pass
+        watch, q._watch = q._watch, None
+        if watch is not None:
+            # The parent's watcher thread is not in this process.
+            watch.forget()
+            if ring is not None:
+                q._bind()
 
 
 if hasattr(os, "register_at_fork"):
@@ -430,6 +461,7 @@ class _RingQueue:
         if bare is None:
             ring = _create_anonymous(cap, maxsize, kind, layout, mode)
             created = True
+            self._give_bell(ring)
         else:
             ring, created = _open_named(bare, cap, maxsize, kind, layout, mode)
             try:
@@ -440,9 +472,21 @@ class _RingQueue:
                 ring.close()
                 raise
             if created:
+                self._give_bell(ring)
                 _names.record(self._family, "shm", bare, module=__name__,
                               capacity=ring.capacity, maxsize=ring.maxsize)
+            else:
+                _ring_watch.note_bellless(ring)
         self._setup(ring, bare, created, serializer, {"spin": spin, "mode": mode})
+
+    @staticmethod
+    def _give_bell(ring):
+        try:
+            bell = _ring_watch.new_bell()
+        except BaseException:
+            ring.close()
+            raise
+        _ring_watch.arm_queue(ring, bell)
 
     @staticmethod
     def _check_same(ring, bare, family, capacity, maxsize):
@@ -477,6 +521,7 @@ class _RingQueue:
         self._ident = (st.st_dev, st.st_ino)
         self._ring_id = ring.ring_id
         self._stash = collections.deque()   # taken by get_many, not yet returned
+        self._watch = None                  # this process's fileno() watcher
         self._set_serializer(serializer)
         _live.add(self)
 
@@ -489,17 +534,65 @@ class _RingQueue:
             setattr(self._ring, name, value)
         self._bind()
 
+    # put, get, put_nowait and get_nowait are compiled functions of the ring
+    # extension used as this class's methods (as the shm Pipe's send/recv):
+    # the common case runs without a Python frame, and being methods of the
+    # queue, `q.put.__self__` is the queue and `q.put` pickles as "this
+    # queue's put" (Process(target=q.put) under spawn). They use the rings
+    # named in _put_ring/_get_ring; None there sends the call to _put/_get
+    # below, the general path: after close(), while get_many has left items
+    # in the stash, and while a fileno() watcher must be kept exact.
+    put = _queue_put
+    get = _queue_get
+    put_nowait = _queue_put_nowait
+    get_nowait = _queue_get_nowait
+    _put_ring = None
+    _get_ring = None
+
     def _bind(self):
-        # The stdlib binds methods of its pipes onto its queues the same way:
-        # put/get are then the ring's compiled methods, with no Python frame.
-        # The class's methods remain the general path (after close(), or
-        # while get_many has left items in the stash).
-        self.put = self._ring.put_obj
-        self.get = self._ring.get_obj
+        ring = self._ring
+        self._put_ring = ring
+        self._get_ring = None if (self._stash or self._watched()) else ring
 
     def _unbind(self):
-        self.__dict__.pop("put", None)
-        self.__dict__.pop("get", None)
+        self._put_ring = None
+        self._get_ring = None
+
+    # ------------------------------------------- waiting with other objects
+
+    def _watched(self):
+        watch = self._watch
+        return watch is not None and watch.pid == os.getpid()
+
+    @property
+    def _reader(self):
+        """What code written for a stdlib queue uses of its read end:
+        ``fileno()`` (readable while an item is there or the queue is shut
+        down, for ``multiprocessing.connection.wait``), ``recv()`` (get) and
+        ``poll(timeout)``. concurrent.futures' ProcessPoolExecutor waits on
+        its SimpleQueue's this way."""
+        reader = self.__dict__.get("_reader_end")
+        if reader is None:
+            reader = self.__dict__["_reader_end"] = _Reader(self)
+        return reader
+
+    def _fileno(self):
+        ring = self._live_ring()
+        if not self._watched():
+            watch = _ring_watch.Watch(ring, _ring.Ring.attach)
+            self._watch = watch
+            self._get_ring = None        # takes settle the watch (see _get)
+            weakref.finalize(self, watch.stop)
+        return self._watch.bell
+
+    def _poll(self, timeout):
+        ring = self._live_ring()
+        if self._stash:
+            return True
+        ready = ring.wait_readable(_timeouts.seconds(timeout))
+        if not ready and self._watched():
+            self._watch.settle()
+        return ready
 
     # --------------------------------------------------------- pickling
 
@@ -508,7 +601,9 @@ class _RingQueue:
         from multiprocessing import context
         popen = context.get_spawning_popen()
         if popen is not None:
-            handle = ("dup", popen.DupFd(popen.duplicate_for_child(ring.fd)))
+            bell = ring.bell_fd
+            handle = ("dup", popen.DupFd(popen.duplicate_for_child(ring.fd)),
+                      popen.DupFd(popen.duplicate_for_child(bell)) if bell >= 0 else None)
         else:
             ring.register_holder()        # this process may be a forked child
             holders = ring.holders()
@@ -527,34 +622,26 @@ class _RingQueue:
 
     # ------------------------------------------------------- the API
 
-    def put(self, obj, block=True, timeout=None):
-        """Put `obj` in the queue (``multiprocessing.Queue.put``). It is in
-        shared memory when put returns. Raises queue.Full if no room appears
-        in time, ShutDown after shutdown(), and the serializer's error (with
-        the queue unchanged) if obj cannot be serialized.
-
-        (Normally this is the ring's compiled put_obj, bound in _bind; this
-        method runs only when that binding is off.)"""
+    def _put(self, obj, block, timeout):
+        # put() when _put_ring is None: a closed queue raises ValueError.
         self._live_ring().put_obj(obj, block, timeout)
 
-    def put_nowait(self, obj):
-        return self.put(obj, False)
-
-    def get(self, block=True, timeout=None):
-        """Remove and return the oldest item (``multiprocessing.Queue.get``).
-        Raises queue.Empty if none arrives in time; after shutdown(), ShutDown
-        once the queue is empty. (Normally the ring's compiled get_obj, bound
-        in _bind.)"""
+    def _get(self, block, timeout):
+        # get() when _get_ring is None: the stash first, then the ring; a
+        # watched queue keeps its fileno() exact after the take.
         ring = self._live_ring()
         if self._stash:
             item = self._unstash()
             if not self._stash:
                 self._bind()
             return item
-        return ring.get_obj(block, timeout)
-
-    def get_nowait(self):
-        return self.get(False)
+        watch = self._watch
+        if watch is None or watch.pid != os.getpid():
+            return ring.get_obj(block, timeout)
+        try:
+            return ring.get_obj(block, timeout)
+        finally:
+            watch.settle()
 
     def put_many(self, items, block=True, timeout=None):
         """Put every item of `items`, in order, with one synchronisation (lock
@@ -587,8 +674,12 @@ class _RingQueue:
             out = []
             while self._stash and (max_items is None or len(out) < max_items):
                 out.append(self._unstash())
+            if not self._stash:
+                self._bind()
             return out
         msgs = ring.get_many(max_items, block, timeout)
+        if self._watched():
+            self._watch.settle()
         out = []
         try:
             ring.decode_into(msgs, out)
@@ -599,7 +690,7 @@ class _RingQueue:
             self._stash.extend((True, o) for o in out)
             self._stash.extend((False, m) for m in msgs[len(out) + 1:])
             if self._stash:
-                self._unbind()        # get() must look in the stash first
+                self._get_ring = None    # get() must look in the stash first
             raise
         return out
 
@@ -626,6 +717,9 @@ class _RingQueue:
         for join()."""
         ring = self._live_ring()
         ring.shutdown()
+        if ring.bell_fd >= 0:
+            # A shut-down queue is readable to wait() (see _ring_watch).
+            _ring_watch.ring_the_bell(ring.bell_fd)
         if immediate:
             self._stash.clear()
             n = ring.drain()
@@ -641,6 +735,9 @@ class _RingQueue:
         this object raise ValueError."""
         ring, self._ring = self._ring, None
         self._unbind()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()
         if ring is not None:
             ring.close()
 
@@ -730,11 +827,36 @@ class ShmSimpleQueue(_RingQueue):
                          inline_max=inline_max, spin=spin, area=area,
                          area_backlog=area_backlog, mode=mode)
 
-    def get(self):
-        return _RingQueue.get(self)
 
-    def put(self, obj):
-        return _RingQueue.put(self, obj)
+
+class _Reader:
+    """An shm queue's ``_reader`` (see _RingQueue._reader)."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def fileno(self):
+        """A descriptor readable while the queue holds an item or is shut
+        down (see mpx.backends._ring_watch)."""
+        return self._queue._fileno()
+
+    def recv(self):
+        """The queue's get()."""
+        return self._queue.get()
+
+    def poll(self, timeout=0.0):
+        """Whether get() would not wait, waiting up to `timeout` seconds
+        (None: for ever) for that."""
+        return self._queue._poll(timeout)
+
+    @property
+    def closed(self):
+        return self._queue._ring is None
+
+    def __repr__(self):
+        return f"<reader of {self._queue!r}>"
 
 
 def _forget_all(bare):
