@@ -18,8 +18,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
+# (The executor oracle runs CPython's own test_concurrent_futures, which some
+# Python builds here ship without; the others run it.)
 SUITES = ("tests/test_surface.py", "tests/test_registry.py",
-          "tests/test_queue_contract.py", "tests/test_pipe_contract.py")
+          "tests/test_queue_contract.py", "tests/test_pipe_contract.py",
+          "tests/test_executor_oracle.py")
 OTHERS = [v for v in SUPPORTED if v != "%d.%d" % sys.version_info[:2]]
 
 pytestmark = pytest.mark.timeout(1500)
