@@ -254,8 +254,8 @@ def _run_case(template, case, contenders, mode, reps, duration, timeout, tmpdir,
         out = measure(contender, row, case["pilot"], "calibrating")
         if "ok" in out:
             rate = out["ok"]["rate"]
-            counts[contender["name"]] = int(min(case["max"], max(case["min"],
-                                                                 rate * duration)))
+            aim = max(duration, case["min_duration"])
+            counts[contender["name"]] = int(min(case["max"], max(case["min"], rate * aim)))
     for rep in range(reps):
         # Alternate: each repetition visits the contenders in a rotated order.
         order = live[rep % len(live):] + live[:rep % len(live)] if live else []
@@ -287,6 +287,7 @@ def _preload():
     """Modules the template imports once, so that measurements fork them
     ready: the worker, the peers, and the backends the registry can load."""
     names = ["mpx._bench_worker", "numpy", "zmq", "faster_fifo", "posix_ipc", "sysv_ipc",
+             "multiprocessing.pool", "concurrent.futures.process", "loky", "mpire",
              "multiprocessing.managers", "multiprocessing.queues"]
     try:
         from . import backends as registry
@@ -612,7 +613,7 @@ def _target_value(t, unit=None):
 def _fmt(value, unit):
     if value is None:
         return "-"
-    if unit in ("msg/s", "calls/s"):
+    if unit in ("msg/s", "calls/s", "tasks/s"):
         for div, suffix in ((1e6, "M"), (1e3, "k")):
             if value >= div:
                 return f"{value / div:.3g}{suffix} {unit}"
@@ -778,7 +779,8 @@ def _targets_text(results):
         if t.get("note") == "case not in this run":
             continue
         unit = units.get(t["case_run"])
-        what = f"#{t['issue']} {t['case_run']}: {t['mpx_run'].replace('mpx.', '', 1)} " \
+        issue = f"#{t['issue']} " if "issue" in t else ""
+        what = f"{issue}{t['case_run']}: {t['mpx_run'].replace('mpx.', '', 1)} " \
                f"{_target_text(t, unit)}"
         if t["state"] in ("met", "MISSED"):
             lines.append(f"  {t['state']:7} {what}: {_target_value(t, unit)}")

@@ -531,7 +531,103 @@ class StdQueueNdarray(Adapter):
         return ctx.Queue(), ctx.Queue()
 
 
+# --- pools and executors: a function mapped over tasks -----------------------------
+
+def pool_echo(x):
+    """The task of the pool cases: gives back its argument (module level, so
+    that every pool can find it by name in its workers)."""
+    return x
+
+
+class _PoolAdapter(Adapter):
+    """A pool of worker processes: start(n) -> pool, then map or
+    imap_unordered over it, stop(pool). chunksize None: the pool's default."""
+
+    kinds = ("pool",)
+
+    def start(self, workers):
+        raise NotImplementedError
+
+    def map(self, pool, fn, items, chunksize):
+        if chunksize is None:
+            return pool.map(fn, items)
+        return pool.map(fn, items, chunksize)
+
+    def imap_unordered(self, pool, fn, items, chunksize):
+        return list(pool.imap_unordered(fn, items, chunksize or 1))
+
+    def stop(self, pool):
+        pool.close()
+        pool.join()
+
+
+class MpxPool(_PoolAdapter):
+    """``mpx.get_context("fork").Pool``: mpx's own pool once it is there."""
+
+    def start(self, workers):
+        return mpx_context().Pool(workers)
+
+
+class StdPool(_PoolAdapter):
+    def start(self, workers):
+        return std_context().Pool(workers)
+
+
+class _ExecutorAdapter(_PoolAdapter):
+    def map(self, pool, fn, items, chunksize):
+        return list(pool.map(fn, items, chunksize=chunksize or 1))
+
+    def imap_unordered(self, pool, fn, items, chunksize):
+        import concurrent.futures as cf
+        futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in cf.as_completed(futures)]
+
+    def stop(self, pool):
+        pool.shutdown(wait=True)
+
+
+class MpxExecutor(_ExecutorAdapter):
+    """The stdlib's ProcessPoolExecutor with an mpx context as mp_context."""
+
+    def start(self, workers):
+        import concurrent.futures as cf
+        return cf.ProcessPoolExecutor(workers, mp_context=mpx_context())
+
+
+class StdExecutor(_ExecutorAdapter):
+    def start(self, workers):
+        import concurrent.futures as cf
+        return cf.ProcessPoolExecutor(workers, mp_context=std_context())
+
+
+class Loky(_ExecutorAdapter):
+    def start(self, workers):
+        import loky
+        return loky.ProcessPoolExecutor(max_workers=workers)
+
+
+class Mpire(_PoolAdapter):
+    def start(self, workers):
+        import mpire
+        return mpire.WorkerPool(n_jobs=workers, start_method="fork", keep_alive=True)
+
+    def map(self, pool, fn, items, chunksize):
+        return pool.map(fn, items, chunk_size=chunksize, concatenate_numpy_output=False)
+
+    def imap_unordered(self, pool, fn, items, chunksize):
+        return list(pool.imap_unordered(fn, items, chunk_size=chunksize or 1))
+
+    def stop(self, pool):
+        pool.stop_and_join()
+
+
 ADAPTERS = {
+    "mpx.Pool": MpxPool,
+    "mpx.ProcessPoolExecutor": MpxExecutor,
+    "mp.Pool": StdPool,
+    "mp.ProcessPoolExecutor": StdExecutor,
+    "loky": Loky,
+    "mpire": Mpire,
     "mpx.Queue": MpxQueue,
     "mpx.Pipe": MpxPipe,
     "mpx.Manager": MpxManager,

@@ -17,6 +17,7 @@ UNITS = {
     "msg/s": True,
     "GB/s": True,
     "calls/s": True,
+    "tasks/s": True,
     "us": False,         # microseconds per round trip
     "ms": False,         # milliseconds per hand-off
 }
@@ -34,7 +35,14 @@ PEERS = {
     "zmq PAIR": ("zmq", "pyzmq", "pyzmq PAIR over ipc://"),
     "posix_ipc+pickle": ("posix_ipc", "posix_ipc", "posix_ipc.MessageQueue + pickle"),
     "sysv_ipc+pickle": ("sysv_ipc", "sysv_ipc", "sysv_ipc.MessageQueue + pickle"),
+    "mp.Pool": (None, None, "multiprocessing.Pool (fork, pipes, a feeder thread)"),
+    "mp.ProcessPoolExecutor": (None, None, "concurrent.futures.ProcessPoolExecutor on "
+                               "multiprocessing's fork context"),
+    "loky": ("loky", "loky", "loky.ProcessPoolExecutor (joblib's executor)"),
+    "mpire": ("mpire", "mpire", "mpire.WorkerPool (fork, keep_alive)"),
 }
+
+_POOL_PEERS = ("mp.Pool", "mp.ProcessPoolExecutor", "loky", "mpire")
 
 _QUEUE_SMALL_PEERS = ("mp.Queue", "mp.SimpleQueue", "faster-fifo", "zmq PUSH/PULL",
                       "posix_ipc+pickle", "sysv_ipc+pickle")
@@ -50,6 +58,13 @@ def _case(name, title, kind, families, unit, peers, quick, **kw):
         # the count the calibration picks for the timed repetitions
         "smoke": 50, "pilot": 2000, "min": 200, "max": 2_000_000,
         "timeout": 30.0, "in_smoke": True, "calibrate": True, "max_reps": None,
+        # mpx contenders that are not a registry family (the pool cases'),
+        # and the shortest timed repetition the case accepts (seconds; pool
+        # runs vary more than queue runs, so --quick must not cut them short)
+        "mpx": (), "min_duration": 0.0,
+        # pool cases: the call ("map", "imap_unordered", "create") and its
+        # chunksize (None: the pool's default)
+        "op": None, "chunksize": None,
     }
     case.update(kw)
     return case
@@ -128,6 +143,29 @@ def _build():
                   payload="numpy", size=size, smoke=2, pilot=1 if huge else 2,
                   min=1 if huge else 3, max=2000, max_reps=3 if huge else None,
                   timeout=300.0 if huge else 60.0, in_smoke=not huge))
+    # Pools of 2 workers (fork): a trivial function mapped over many tasks,
+    # 1 MiB arrays as tasks and results, and starting and closing a pool.
+    pool = dict(families=(), kind="pool", mpx=("mpx.Pool",), min_duration=0.2,
+                smoke=20, pilot=500, min=200, max=1_000_000, timeout=60.0)
+    add(_case("pool-map-chunk1", "Pool(2).map(f, range(n), chunksize=1), trivial f",
+              unit="tasks/s", peers=_POOL_PEERS, quick=True, op="map", chunksize=1, **pool))
+    add(_case("pool-imap-unordered-chunk1", "Pool(2).imap_unordered(f, ..., chunksize=1)",
+              unit="tasks/s", peers=_POOL_PEERS, quick=False, op="imap_unordered",
+              chunksize=1, **pool))
+    add(_case("pool-map-default", "Pool(2).map(f, range(n)), default chunksize",
+              unit="tasks/s", peers=_POOL_PEERS, quick=False, op="map", chunksize=None,
+              **dict(pool, pilot=5000, min=2000, max=20_000_000)))
+    add(_case("pool-map-numpy-1MiB", "Pool(2).map(f, arrays, chunksize=1), 1MiB arrays "
+              "in and out", unit="GB/s", peers=_POOL_PEERS, quick=False, op="map",
+              chunksize=1, payload="numpy", size=MiB,
+              **dict(pool, smoke=4, pilot=16, min=16, max=400)))
+    add(_case("pool-create", "Pool(2) created, then closed and joined", unit="ms",
+              peers=("mp.Pool", "mpire"), quick=True, op="create",
+              **dict(pool, smoke=1, pilot=2, min=2, max=200)))
+    add(_case("executor-map", "ProcessPoolExecutor(2, mp_context=...).map(f, range(n)), "
+              "trivial f", unit="tasks/s", peers=("mp.ProcessPoolExecutor", "loky"),
+              quick=True, op="map", chunksize=1,
+              **dict(pool, mpx=("mpx.ProcessPoolExecutor",))))
     # The ceiling the targets use: one core copying a buffer far larger than
     # the caches. A 1 MiB message can move faster than that (it stays in
     # cache), so the in-cache figure is measured too, for the reader.
@@ -219,6 +257,9 @@ def contenders(case, peers):
         for backend, reason in mpx_backends(family):
             out.append({"name": f"mpx.{family}[{backend}]", "adapter": f"mpx.{family}",
                         "backend": backend, "side": "mpx", "unavailable": reason})
+    for name in case["mpx"]:
+        out.append({"name": name, "adapter": name, "backend": None, "side": "mpx",
+                    "unavailable": None})
     if case["kind"] == "memcpy":
         out.append({"name": "numpy copy", "adapter": "numpy copy", "backend": None,
                     "side": "ceiling", "unavailable": None})

@@ -9,7 +9,8 @@ applies to (a glob over contender names), and one requirement:
   machine's ceiling measured in the same run (the ``memcpy`` case).
 - ``at_most``: an absolute bound on mpx's figure, in the case's unit.
 
-The benchmark marks each one met or missed in its table; a target whose
+An ``issue`` key, where present, is printed before the target. The
+benchmark marks each one met or missed in its table; a target whose
 backend, peer or case did not run in this run says so instead. This module
 lives in the package (not in benchmarks/) so that ``python -m mpx bench``
 finds it from any directory and any kind of install.
@@ -58,4 +59,18 @@ TARGETS = [
      "peer": "mp.Manager", "at_least": 1.5},
     {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[tcp]",
      "peer": "mp.Manager(tcp)", "at_least": 1.5},
+    # Pools (2 workers, fork): mpx.Pool against multiprocessing.Pool in the
+    # same run. Many tiny tasks one by one, in order and as they finish:
+    {"case": "pool-map-chunk1", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 5.0},
+    {"case": "pool-imap-unordered-chunk1", "mpx": "mpx.Pool", "peer": "mp.Pool",
+     "at_least": 5.0},
+    # 1 MiB arrays as tasks and results:
+    {"case": "pool-map-numpy-1MiB", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 5.0},
+    # The default chunksize, and starting and closing a pool: no slower.
+    {"case": "pool-map-default", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 1.0},
+    {"case": "pool-create", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 1.0},
+    # The stdlib's ProcessPoolExecutor given an mpx context, against the same
+    # executor on multiprocessing's context.
+    {"case": "executor-map", "mpx": "mpx.ProcessPoolExecutor",
+     "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
 ]

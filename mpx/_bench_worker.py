@@ -143,7 +143,7 @@ def measure(job):
     if _fault(job) == "stall":
         _stall(job)
     return {"stream": _stream, "rtt": _rtt, "manager": _manager,
-            "handoff": _handoff, "memcpy": _memcpy}[kind](job)
+            "handoff": _handoff, "memcpy": _memcpy, "pool": _pool}[kind](job)
 
 
 def _deadline(job):
@@ -664,6 +664,63 @@ def _echo_role(role, index, barrier, q_in, q_out, job):
         if method is not None:
             method()
     return {"count": count}
+
+
+# --- pools --------------------------------------------------------------------------------
+
+POOL_WORKERS = 2
+
+
+def _pool(job):
+    """Map a function that gives back its argument over `count` tasks on a
+    pool of POOL_WORKERS, once the workers are up (only the call is timed);
+    or, for "create", start and close `count` pools. Every result is checked:
+    all tasks, each exactly once, in order for map; sampled words of every
+    array."""
+    case = job["case"]
+    adapter = adapters.make(job["contender"], job["env"])
+    adapter.setup("pool", case)
+    n = job["count"]
+    if case["op"] == "create":
+        t0 = time.monotonic_ns()
+        for _ in range(n):
+            adapter.stop(adapter.start(POOL_WORKERS))
+        seconds = (time.monotonic_ns() - t0) / 1e9
+        return {"count": n, "elapsed": seconds, "rate": n / seconds,
+                "figure": seconds / n * 1e3}
+    fn = adapters.pool_echo
+    if case["payload"] == "numpy":
+        src = np.arange(case["size"] // 8, dtype=np.float64)
+        items = [src] * n
+    else:
+        items = list(range(n))
+    call = adapter.imap_unordered if case["op"] == "imap_unordered" else adapter.map
+    pool = adapter.start(POOL_WORKERS)
+    try:
+        warm = list(range(4 * POOL_WORKERS))
+        if sorted(call(pool, fn, warm, 1)) != warm:
+            raise CheckFailed("the warm-up tasks came back wrong")
+        t0 = time.monotonic_ns()
+        out = call(pool, fn, items, case["chunksize"])
+        seconds = (time.monotonic_ns() - t0) / 1e9
+    finally:
+        adapter.stop(pool)
+    out = list(out)
+    if len(out) != n:
+        raise CheckFailed(f"{len(out)} results for {n} tasks")
+    if case["payload"] == "numpy":
+        sample = np.unique(np.linspace(0, len(src) - 1, SAMPLES).astype(np.intp))
+        bad = sum(1 for r in out if r.shape != src.shape
+                  or not np.array_equal(r[sample], src[sample]))
+        if bad:
+            raise CheckFailed(f"{bad} of {n} arrays came back altered")
+        figure = n * case["size"] / seconds / 1e9
+    else:
+        if (sorted(out) if case["op"] == "imap_unordered" else out) != items:
+            raise CheckFailed("the results are not the tasks' (lost, repeated or "
+                              "out of order)")
+        figure = n / seconds
+    return {"count": n, "elapsed": seconds, "rate": n / seconds, "figure": figure}
 
 
 # --- the ceiling -------------------------------------------------------------------------

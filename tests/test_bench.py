@@ -195,6 +195,21 @@ def test_missing_peer_is_reported(monkeypatch):
     assert "pip install 'mpx[bench]'" in table
 
 
+def test_missing_pool_peer_is_reported(monkeypatch):
+    # loky and mpire come with the bench extra; without them the pool cases
+    # still run and say what is missing.
+    monkeypatch.setitem(cases_mod.PEERS, "loky",
+                        ("mpx_no_such_module", "loky", "not installed here"))
+    results = _bench.run(cases="executor-map", smoke=True,
+                         contenders="loky,mp.ProcessPoolExecutor,mpx.ProcessPoolExecutor")
+    rows = {c["name"]: c for c in _case(results, "executor-map")["contenders"]}
+    assert rows["loky"]["status"] == "missing"
+    assert "loky is not installed" in rows["loky"]["reason"]
+    assert rows["mp.ProcessPoolExecutor"]["status"] == "ok"
+    assert rows["mpx.ProcessPoolExecutor"]["status"] == "ok"
+    assert "loky: missing" in _bench.format_table(results)
+
+
 def test_backend_not_available_is_reported_and_targets_say_so(monkeypatch):
     real = cases_mod.mpx_backends
 
