@@ -145,7 +145,7 @@ def _build():
                   timeout=300.0 if huge else 60.0, in_smoke=not huge))
     # Pools of 2 workers (fork): a trivial function mapped over many tasks,
     # 1 MiB arrays as tasks and results, and starting and closing a pool.
-    pool = dict(families=(), kind="pool", mpx=("mpx.Pool",), min_duration=0.2,
+    pool = dict(families=(), kind="pool", mpx=("mpx.Pool",), min_duration=0.25,
                 smoke=20, pilot=500, min=200, max=1_000_000, timeout=60.0)
     add(_case("pool-map-chunk1", "Pool(2).map(f, range(n), chunksize=1), trivial f",
               unit="tasks/s", peers=_POOL_PEERS, quick=True, op="map", chunksize=1, **pool))
