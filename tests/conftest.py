@@ -209,6 +209,15 @@ def pytest_addoption(parser):
                      help="run the long fault/soak tests at full length")
 
 
+def pytest_unconfigure(config):
+    # The last guard against a stalled CI: a test that failed half-way can
+    # leave a non-daemon thread or an atexit hook (concurrent.futures joins
+    # its manager threads at exit) waiting for ever after the summary is
+    # printed. Past this point nothing should take long, so a run still
+    # alive a minute later prints every thread's stack and exits non-zero.
+    faulthandler.dump_traceback_later(60, exit=True)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
     if _OWN_NAMES_DIR:
