@@ -6,9 +6,10 @@ method). This runs the process-pool test classes of the installed stdlib
 ``test.test_concurrent_futures`` (a package from Python 3.12, a module
 before) with every ``mp_context`` those tests make replaced by
 ``mpx.get_context(<the same start method>)``: one subprocess per start
-method, bounded in time (fork runs every process-pool class; spawn and
-forkserver the executor, deadlock and shutdown classes, to keep the run
-near a minute and a half). Where the Python running the suite was installed
+method, bounded in time (to keep the run near a minute and a half here,
+fork runs every process-pool class but wait()'s, which mostly sleep, and
+spawn and forkserver the executor, deadlock and shutdown classes;
+``MPX_EXECUTOR_ORACLE=all`` runs every class under every method). Where the Python running the suite was installed
 without its ``test`` package (or without that test), this is skipped with
 the reason; ``tests/test_pythons.py`` runs it on the other Pythons too.
 """
@@ -25,19 +26,23 @@ TIMEOUT = 300
 NO_TESTS = 77
 
 DRIVER = textwrap.dedent(r'''
-import importlib, sys, unittest
+import importlib, os, sys, unittest
 
 
 # Under spawn and forkserver every test starts its workers afresh (about 2 s
 # a test here), so those two run the classes where the transport shows: the
 # executor's own tests, worker deaths and shutdown; fork runs them all.
 CORE = ("ProcessPoolExecutorTest", "ExecutorDeadlockTest", "ProcessPoolShutdownTest")
+# wait()'s tests mostly sleep (up to 8 s a test): fork leaves them out too.
+# MPX_EXECUTOR_ORACLE=all runs every process-pool class under every method.
+SLEEPY = ("WaitTest", "WaitTests")
 
 
 # Under spawn and forkserver the workers import __main__: only the
 # process that runs the tests may run them.
 def main():
     method = sys.argv[1]
+    every = os.environ.get("MPX_EXECUTOR_ORACLE") == "all"
     try:
         import test.test_concurrent_futures as pkg
     except ImportError as e:
@@ -77,7 +82,8 @@ def main():
             cls = getattr(m, name)
             if (isinstance(cls, type) and issubclass(cls, mixin)
                     and issubclass(cls, unittest.TestCase) and cls not in seen
-                    and (method == "fork" or name.endswith(CORE))):
+                    and (every or name.endswith(CORE)
+                         or (method == "fork" and not name.endswith(SLEEPY)))):
                 seen.add(cls)
                 suite.addTests(loader.loadTestsFromTestCase(cls))
     setup = getattr(util, "setup_module", None)
