@@ -2563,7 +2563,14 @@ def conn_recv(conn):
 # fileno() watcher to keep exact) hands the call to its `_put(obj, block,
 # timeout)` / `_get(block, timeout)`, the general path in Python.
 
-def queue_put(q, obj, block=True, timeout=None):
+cdef class QueueRings:
+    """Base of the shm queue classes: the rings their compiled methods use,
+    in C fields (read without an attribute lookup)."""
+    cdef public object _put_ring
+    cdef public object _get_ring
+
+
+def queue_put(QueueRings q, obj, block=True, timeout=None):
     """Put `obj` in the queue; it is in shared memory when put returns.
     Raises queue.Full if no room appears in time, ShutDown after
     shutdown(), and the serializer's error (the queue unchanged) if `obj`
@@ -2574,7 +2581,7 @@ def queue_put(q, obj, block=True, timeout=None):
     (<Ring?>ring)._put_obj(obj, block, timeout)
 
 
-def queue_get(q, block=True, timeout=None):
+def queue_get(QueueRings q, block=True, timeout=None):
     """Remove and return the oldest item. Raises queue.Empty if none
     arrives in time; after shutdown(), ShutDown once the queue is empty."""
     ring = q._get_ring
@@ -2583,7 +2590,7 @@ def queue_get(q, block=True, timeout=None):
     return (<Ring?>ring)._get_obj(block, timeout)
 
 
-def queue_put_nowait(q, obj):
+def queue_put_nowait(QueueRings q, obj):
     """put(obj, False): queue.Full at once if there is no room."""
     ring = q._put_ring
     if ring is None:
@@ -2591,7 +2598,7 @@ def queue_put_nowait(q, obj):
     (<Ring?>ring)._put_obj(obj, False, None)
 
 
-def queue_get_nowait(q):
+def queue_get_nowait(QueueRings q):
     """get(False): queue.Empty at once if there is no item."""
     ring = q._get_ring
     if ring is None:

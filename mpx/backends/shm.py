@@ -89,6 +89,8 @@ except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None
     _IMPORT_ERROR = str(_e)
     _queue_get = _queue_get_nowait = _queue_put = _queue_put_nowait = None
+# The queues' base: the rings their compiled methods use, in C fields.
+_QueueRings = object if _ring is None else _ring.QueueRings
 
 
 
@@ -443,7 +445,7 @@ if hasattr(os, "register_at_fork"):
 
 # ------------------------------------------------------------- the queues
 
-class _RingQueue:
+class _RingQueue(_QueueRings):
     """What every shm queue shares: the ring, serialization, names, pickling."""
 
     _family = "Queue"
@@ -539,15 +541,15 @@ class _RingQueue:
     # the common case runs without a Python frame, and being methods of the
     # queue, `q.put.__self__` is the queue and `q.put` pickles as "this
     # queue's put" (Process(target=q.put) under spawn). They use the rings
-    # named in _put_ring/_get_ring; None there sends the call to _put/_get
-    # below, the general path: after close(), while get_many has left items
-    # in the stash, and while a fileno() watcher must be kept exact.
+    # named in _put_ring/_get_ring (C fields of the base class, QueueRings,
+    # so no attribute lookup per call); None there sends the call to
+    # _put/_get below, the general path: after close(), while get_many has
+    # left items in the stash, and while a fileno() watcher must be kept
+    # exact.
     put = _queue_put
     get = _queue_get
     put_nowait = _queue_put_nowait
     get_nowait = _queue_get_nowait
-    _put_ring = None
-    _get_ring = None
 
     def _bind(self):
         ring = self._ring
