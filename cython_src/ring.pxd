@@ -65,7 +65,10 @@
 # connection names its rings in _send_ring/_recv_ring, and its own
 # _send/_recv raise when there is none); queue_put, queue_get,
 # queue_put_nowait and queue_get_nowait are a queue's likewise (rings in
-# _put_ring/_get_ring, else its _put/_get); header_info() reads a copy of a
+# _put_ring/_get_ring, C fields of QueueRings, the queues' base class; None
+# there calls its _put/_get); a queue's ring may own an eventfd `bell_fd`
+# that put_obj/put_many_obj ring while aux word bell_aux is armed (the
+# shm Pipe's bell protocol, in C); header_info() reads a copy of a
 # header without mapping anything (for ls/rm).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
