@@ -706,9 +706,12 @@ class _RingQueue(_QueueRings):
         return self._live_ring().qsize() + len(self._stash)
 
     def empty(self):
+        """True when no item waits now (exact, as :meth:`qsize`)."""
         return self.qsize() == 0
 
     def full(self):
+        """True when a put would wait now: `maxsize` items are queued, or
+        the ring has no room for a small message."""
         return self._live_ring().is_full()
 
     def shutdown(self, immediate=False):
@@ -729,6 +732,7 @@ class _RingQueue(_QueueRings):
 
     @property
     def is_shutdown(self):
+        """True once any process called :meth:`shutdown` on the queue."""
         return self._live_ring().is_shutdown
 
     def close(self):
@@ -744,13 +748,15 @@ class _RingQueue(_QueueRings):
             ring.close()
 
     def join_thread(self):
-        # There is no feeder thread: every put() is in shared memory when it
-        # returns. Kept for the multiprocessing API, checks included.
+        """For the multiprocessing API: there is no feeder thread to join
+        (every put() is in shared memory when it returns); like the stdlib's,
+        it requires a closed queue."""
         if self._ring is not None:
             raise AssertionError(f"Queue {self!r} not closed")
 
     def cancel_join_thread(self):
-        pass
+        """For the multiprocessing API: nothing to cancel (no feeder thread,
+        so exiting never waits for buffered items or loses them)."""
 
     # ------------------------------------------------------- names
 
@@ -766,6 +772,7 @@ class _RingQueue(_QueueRings):
 
     @property
     def maxsize(self):
+        """The most items the queue holds (0: as many as the ring has room for)."""
         return self._live_ring().maxsize
 
     def unlink(self):
@@ -855,6 +862,7 @@ class _Reader:
 
     @property
     def closed(self):
+        """True once the queue was closed in this process."""
         return self._queue._ring is None
 
     def __repr__(self):
