@@ -152,8 +152,8 @@ def arrays() -> None:
     finally:
         arr.unlink()
     counts: mpx.SharedArray[np.int32] = mpx.SharedArray(3, np.int32)
-    counts += 1
-    assert counts.tolist() == [1, 1, 1]
+    counts[:] += 1
+    assert [int(x) for x in counts] == [1, 1, 1]
 
 
 def managed() -> None:
