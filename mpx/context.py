@@ -1,9 +1,10 @@
 """mpx's contexts: the stdlib's, with factories that take ``backend=``.
 
 ``mpx.get_context(method)`` returns an :class:`MpxContext` for 'fork',
-'spawn' or 'forkserver'. It is a subclass of the stdlib's context for that
-method, so ``Process``, ``Lock``, ``Value``, ``Pool``, ... are exactly the
-stdlib's, while ``Queue``, ``SimpleQueue``, ``JoinableQueue``,
+'spawn' or 'forkserver', or for a start method another library registered
+with the stdlib (loky's "loky"). It is a subclass of the stdlib's (or that
+library's) context for that method, so ``Process``, ``Lock``, ``Value``,
+``Pool``, ... are exactly the stdlib's (or that library's), while ``Queue``, ``SimpleQueue``, ``JoinableQueue``,
 ``PriorityQueue``, ``Pipe``, ``SharedArray`` and ``Manager`` ask the backend
 registry. The context is the one seam between the public surface and the
 backends.
@@ -228,6 +229,31 @@ _CONTEXTS = {
 }
 
 
+def _context_for(method):
+    """The mpx context of start method `method`: one of the three above, or,
+    for a start method another library registered with the stdlib (loky
+    puts "loky" in ``multiprocessing.context._concrete_contexts`` and sets
+    it in its workers), mpx's factories on top of that library's context
+    (made once, on first use). ValueError for a method the stdlib does not
+    know either."""
+    ctx = _CONTEXTS.get(method)
+    if ctx is not None:
+        return ctx
+    std = _std._concrete_contexts.get(method) if isinstance(method, str) else None
+    if std is None:
+        raise ValueError(f"cannot find context for {method!r}; choose one of "
+                         f"{sorted(set(_CONTEXTS) | set(_std._concrete_contexts))}")
+    base = type(std)
+    cls = type(base.__name__, (MpxContext, base),
+               {"__module__": __name__, "__qualname__": base.__name__,
+                "__doc__": f"mpx's factories on {base.__module__}.{base.__qualname__}."})
+    # The library's instance may carry state of its own: copy it, without
+    # calling an __init__ whose arguments we cannot know.
+    ctx = cls.__new__(cls)
+    ctx.__dict__.update(getattr(std, "__dict__", {}))
+    return _CONTEXTS.setdefault(method, ctx)
+
+
 class MpxDefaultContext(_MpxFactories, _std.BaseContext):
     """The context behind ``mpx.Queue`` & co: it follows the stdlib's default
     start method, which ``set_start_method`` sets for both."""
@@ -235,16 +261,12 @@ class MpxDefaultContext(_MpxFactories, _std.BaseContext):
     _name = None
 
     def _actual(self):
-        return _CONTEXTS[multiprocessing.get_start_method()]
+        return _context_for(multiprocessing.get_start_method())
 
     def get_context(self, method=None):
         if method is None:
             return self._actual()
-        try:
-            return _CONTEXTS[method]
-        except KeyError:
-            raise ValueError(f"cannot find context for {method!r}; "
-                             f"choose one of {sorted(_CONTEXTS)}") from None
+        return _context_for(method)
 
     def stdlib_context(self):
         return self._actual().stdlib_context()
@@ -279,8 +301,9 @@ default_context = MpxDefaultContext()
 
 
 def get_context(method=None):
-    """An mpx context for `method` ('fork', 'spawn', 'forkserver'), or the
-    default start method's when None."""
+    """An mpx context for `method` ('fork', 'spawn', 'forkserver', or a
+    start method another library registered with the stdlib, such as
+    loky's), or the default start method's when None."""
     return default_context.get_context(method)
 
 
