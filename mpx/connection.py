@@ -78,6 +78,45 @@ class Connection(_std.Connection, metaclass=_ConnectionType):
     __class_getitem__ = classmethod(types.GenericAlias)
 
 
+# multiprocessing.reduction.send_handle(conn, fd, pid) and recv_handle(conn)
+# reach the socket under a connection through conn.fileno(). An shm Pipe
+# end's fileno() is a readiness descriptor (see mpx.backends.shm_pipe),
+# and a fifo end has no socket at all. So those two functions are wrapped,
+# once, when mpx is imported: an end whose class carries descriptors itself
+# (a ``_send_handle``/``_recv_handle`` method: the shm Pipe passes them on
+# its socket, the fifo Pipe says it cannot) does so; every other object
+# goes to the stdlib's own function, unchanged. (mpx.reduction is the
+# stdlib's module itself, so both names see the wrapped functions.)
+def _wrap_handle_functions():
+    import functools
+    from multiprocessing import reduction
+    if not getattr(reduction, "HAVE_SEND_HANDLE", False):
+        return
+    std_send, std_recv = reduction.send_handle, reduction.recv_handle
+    if getattr(std_send, "__mpx_wrapped__", False):
+        return
+
+    @functools.wraps(std_send)
+    def send_handle(conn, handle, destination_pid):
+        own = getattr(type(conn), "_send_handle", None)
+        if own is None:
+            return std_send(conn, handle, destination_pid)
+        return own(conn, handle, destination_pid)
+
+    @functools.wraps(std_recv)
+    def recv_handle(conn):
+        own = getattr(type(conn), "_recv_handle", None)
+        if own is None:
+            return std_recv(conn)
+        return own(conn)
+
+    send_handle.__mpx_wrapped__ = recv_handle.__mpx_wrapped__ = True
+    reduction.send_handle, reduction.recv_handle = send_handle, recv_handle
+
+
+_wrap_handle_functions()
+
+
 def Pipe(duplex=True, *, backend=None, serializer=None, **kwargs):
     """A pair of connection objects; see ``multiprocessing.Pipe``.
 

@@ -6,10 +6,14 @@ it writes messages into one ring (``mpx._ext.ring``) and reads them from
 another (a simplex end has only one of the two). Besides the rings each end
 holds:
 
-- a socket of a socketpair (or the manager's unix connection): never used
-  for data, only as the liveness signal. The kernel makes it readable (EOF)
-  once every copy of the peer's socket is closed, whether the peer closed
-  it, exited or was killed, so a peer's death is seen at once;
+- a socket of a socketpair (or the manager's unix connection): the
+  liveness signal. The kernel reports a hang-up on it (POLLRDHUP) once every
+  copy of the peer's socket is closed, whether the peer closed it, exited
+  or was killed, so a peer's death is seen at once. Messages never travel
+  on it; file descriptors do (``send_fds``/``recv_fds``, which
+  ``multiprocessing.reduction.send_handle``/``recv_handle`` use for a Pipe
+  end), and since only a hang-up counts as the peer's end, descriptors
+  waiting there to be received neither look like EOF nor wake a sleeper;
 - per direction, an eventfd "bell" that a writer rings when the reader asked
   for it (see below). Reader and writer hold the same eventfd.
 
@@ -138,6 +142,10 @@ _POLL = 0.1
 # killed between its compare-and-swap and its write (or a close() racing a
 # sleeping thread of its own process) can be noticed.
 _SLICE = 1.0
+
+# What poll() reports once the peer's socket is gone (POLLHUP and POLLERR
+# come unasked).
+_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 # Aux words of each ring.
 ARMED = 0      # IDLE / ARMED / RUNG, see the module docstring
@@ -349,13 +357,40 @@ class Channel:
             raise OSError(errno.EBADF, "handle is closed")
 
     def peer_alive(self):
-        """False once every copy of the peer's socket is closed."""
+        """False once every copy of the peer's socket is closed (its hang-up,
+        not bytes waiting there: descriptors sent with send_fds may be)."""
         try:
-            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:
-            return True
-        except OSError:
+            p = select.poll()
+            p.register(self._sockfd, _HANGUP)
+            return not p.poll(0)
+        except (OSError, ValueError):
             return False
+
+    # ------------------------------------------------------------ descriptors
+
+    def send_fds(self, fds):
+        """Send the descriptors `fds` to the peer end over the socket, framed
+        as ``multiprocessing.reduction.sendfds`` frames them: one byte (their
+        number modulo 256) carrying them as SCM_RIGHTS. The ring's messages
+        are not involved: the two travel independently."""
+        self._check_open()
+        fds = list(fds)
+        socket.send_fds(self._sock, [bytes([len(fds) % 256])], fds)
+
+    def recv_fds(self, n):
+        """Receive `n` descriptors sent with send_fds (waiting for them).
+        EOFError if the peer hung up without sending any; RuntimeError if
+        what came is not that (bytes without descriptors, or another number
+        of them), as ``multiprocessing.reduction.recvfds``."""
+        self._check_open()
+        msg, fds, flags, _ = socket.recv_fds(self._sock, 1, n)
+        if not msg and not fds:
+            raise EOFError("the other end hung up before sending a descriptor")
+        if len(fds) == n and len(fds) % 256 == msg[0] and not flags & socket.MSG_CTRUNC:
+            return fds
+        close_fds(fds)
+        raise RuntimeError(f"expected {n} file descriptor(s) from the other end; got "
+                           f"{len(fds)} with {len(msg)} byte(s) of data")
 
     # ------------------------------------------------------------ sending
 
@@ -626,7 +661,9 @@ class Channel:
             ep = select.epoll(2)
             try:
                 ep.register(self._in_bell, select.EPOLLIN)
-                ep.register(self._sockfd, select.EPOLLIN)
+                # The socket's hang-up only: descriptors waiting on it
+                # (send_fds) are no message.
+                ep.register(self._sockfd, select.EPOLLRDHUP)
             except BaseException:
                 ep.close()
                 raise

@@ -19,7 +19,12 @@ stdlib's:
   raises there and nothing is sent;
 - ``fileno()`` is readable exactly while a message or EOF is waiting, so
   ``multiprocessing.connection.wait`` takes these ends beside any other
-  connection, socket or sentinel.
+  connection, socket or sentinel;
+- ``multiprocessing.reduction.send_handle``/``recv_handle`` pass file
+  descriptors between the two ends, over the liveness socket, in the
+  stdlib's framing (``mpx.connection`` routes those functions here, since
+  ``fileno()`` is not that socket). Unlike a stdlib end, ``fileno()`` is no
+  socket to write raw bytes into.
 
 An end travels to other processes like a stdlib connection: its
 descriptors go through ``multiprocessing.reduction.DupFd`` (inherited by a
@@ -248,6 +253,20 @@ class Connection:
         if timeout is not None:
             timeout = _timeouts.seconds(timeout)
         return chan.poll(timeout)
+
+    # --------------------------------------------------------------- descriptors
+
+    def _send_handle(self, handle, destination_pid=None):
+        """``multiprocessing.reduction.send_handle(self, handle, pid)``: send
+        a duplicate of descriptor `handle` to the other end (any direction:
+        both ends hold the socket it travels on)."""
+        self._live().send_fds([handle])
+
+    def _recv_handle(self):
+        """``multiprocessing.reduction.recv_handle(self)``: the descriptor the
+        other end sent with send_handle (waiting for it); EOFError if the
+        other end is gone, RuntimeError if what came was no descriptor."""
+        return self._live().recv_fds(1)[0]
 
     # --------------------------------------------------------------- travel
 
