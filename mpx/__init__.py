@@ -3,14 +3,14 @@
 ``import mpx as multiprocessing`` keeps a program working: every name in
 ``multiprocessing.__all__`` is here, with the same semantics. Where mpx has
 its own version (Queue, SimpleQueue, JoinableQueue, Pipe, Manager,
-get_context) it is mpx's; everything else is the stdlib's own object.
+get_context, Pool) it is mpx's; everything else is the stdlib's own object.
 Beyond the stdlib: ``backend=`` and ``serializer=`` on every factory,
 ``PriorityQueue``, ``SharedArray`` and :func:`backends`.
 
-The stdlib submodules people import (``mpx.pool``, ``mpx.shared_memory``,
+The stdlib submodules people import (``mpx.shared_memory``,
 ``mpx.synchronize``, ...) are the stdlib's modules themselves unless mpx has
 its own (``mpx.context``, ``mpx.connection``, ``mpx.queues``,
-``mpx.managers``).
+``mpx.managers``, ``mpx.pool``).
 
 Typed: the ``.pyi`` stubs beside the modules (and ``py.typed``) give every
 name its type, and the queue factories take the item type at run time as
@@ -43,7 +43,7 @@ __all__ = sorted(set(_mp.__all__) | {"PriorityQueue", "SharedArray", "backends",
 # The names mpx implements itself; every other public name is the stdlib's
 # own object (the same function, class or bound method), so it shares the
 # stdlib's state (start method, logger, ...) exactly.
-_OWN = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Manager", "get_context")
+_OWN = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Manager", "Pool", "get_context")
 
 for _name in _mp.__all__:
     globals()[_name] = getattr(_default if _name in _OWN else _mp, _name)
@@ -64,7 +64,7 @@ def __getattr__(name):
 # mpx.X for these is multiprocessing.X itself (the same module object), so
 # their classes, registries and globals are shared with the stdlib.
 _STDLIB_SUBMODULES = frozenset({
-    "dummy", "forkserver", "heap", "pool", "popen_fork", "popen_forkserver",
+    "dummy", "forkserver", "heap", "popen_fork", "popen_forkserver",
     "popen_spawn_posix", "process", "reduction", "resource_sharer",
     "resource_tracker", "shared_memory", "sharedctypes", "spawn",
     "synchronize", "util",

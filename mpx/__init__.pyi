@@ -12,7 +12,7 @@
 # multiprocessing.Queue, isinstance() and subclassing need the backend's own
 # class, not these names.
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from os import PathLike
 from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Generic, Literal, overload
@@ -28,7 +28,6 @@ from multiprocessing import (
     Condition as Condition,
     Event as Event,
     Lock as Lock,
-    Pool as Pool,
     Process as Process,
     ProcessError as ProcessError,
     RLock as RLock,
@@ -65,6 +64,7 @@ from .context import (
     _SerializerSpec,
 )
 from .managers import SyncManager
+from .pool import Pool as _Pool
 from .queues import ShutDown as ShutDown
 from .sharedarray import SharedArray as SharedArray
 
@@ -175,6 +175,11 @@ def Pipe(duplex: bool = True, *, backend: str | None = None, serializer: _Serial
 
 def Manager(*, backend: str | None = None, address: Any = None, authkey: bytes | None = None,
             serializer: _SerializerSpec = None, **kwargs: Any) -> SyncManager: ...
+
+def Pool(processes: int | None = None, initializer: Callable[..., object] | None = None,
+         initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+         context: Any | None = None, *, backend: str | None = None,
+         serializer: _SerializerSpec = None) -> _Pool: ...
 
 @overload
 def get_context(method: None = None) -> MpxContext: ...

@@ -4,9 +4,9 @@
 'spawn' or 'forkserver', or for a start method another library registered
 with the stdlib (loky's "loky"). It is a subclass of the stdlib's (or that
 library's) context for that method, so ``Process``, ``Lock``, ``Value``,
-``Pool``, ... are exactly the stdlib's (or that library's), while ``Queue``, ``SimpleQueue``, ``JoinableQueue``,
-``PriorityQueue``, ``Pipe``, ``SharedArray`` and ``Manager`` ask the backend
-registry. The context is the one seam between the public surface and the
+... are exactly the stdlib's (or that library's), while ``Queue``,
+``SimpleQueue``, ``JoinableQueue``, ``PriorityQueue``, ``Pipe``, ``Pool``,
+``SharedArray`` and ``Manager`` ask the backend registry. The context is the one seam between the public surface and the
 backends.
 
 The default context shares its start method with the stdlib's default
@@ -179,12 +179,15 @@ class _MpxFactories:
         manager.start()
         return manager
 
-    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
-        """The stdlib's Pool. It runs on the stdlib context of the same start
-        method, because its internals reach into the stdlib's queue objects."""
-        from multiprocessing.pool import Pool
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None,
+             context=None, *, backend=None, serializer=None):
+        """mpx's process pool (:class:`mpx.pool.Pool`: the stdlib Pool's API,
+        tasks and results over mpx queues). Its workers start with this
+        context's start method unless `context` names another."""
+        from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
-                    context=self.stdlib_context())
+                    self if context is None else context, backend=backend,
+                    serializer=serializer)
 
     def backends(self):
         """The registry table: see :func:`mpx.backends.backends`."""

@@ -15,7 +15,7 @@
 # stdlib's, they do not fit BaseContext's declarations, and say so with
 # "type: ignore[override]"/"[assignment]": that difference is the point.
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing import context as _std
 from multiprocessing.context import (
     AuthenticationError as AuthenticationError,
@@ -44,6 +44,7 @@ from . import JoinableQueue, PriorityQueue, Queue, SimpleQueue
 from .backends import BackendTable
 from .connection import Connection
 from .managers import SyncManager
+from .pool import Pool as _MpxPool
 from .sharedarray import SharedArray, _ShapeLike
 
 __all__ = ["MpxContext", "MpxDefaultContext", "get_context", "default_context"]
@@ -153,6 +154,12 @@ class _MpxFactories(BaseContext):
     def Manager(self, *, backend: str | None = None, address: Any = None,
                 authkey: bytes | None = None, serializer: _SerializerSpec = None,
                 **kwargs: Any) -> SyncManager: ...
+    # mpx's Pool (the stdlib Pool's API, not a subclass of it).
+    def Pool(  # type: ignore[override]
+        self, processes: int | None = None,
+        initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None, context: Any | None = None, *,
+        backend: str | None = None, serializer: _SerializerSpec = None) -> _MpxPool: ...
     def backends(self) -> BackendTable: ...
 
 

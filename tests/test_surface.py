@@ -12,7 +12,8 @@ import mpx
 
 # Names mpx implements itself; every other public name must be the stdlib's
 # own object.
-MPX_OWN = {"Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Manager", "get_context"}
+MPX_OWN = {"Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Manager", "Pool",
+           "get_context"}
 
 
 def test_every_stdlib_public_name_is_reachable():
@@ -57,14 +58,27 @@ def test_submodules_import(sub):
 
 
 def test_stdlib_submodules_are_the_same_objects():
-    import mpx.pool
+    import mpx.sharedctypes
     import mpx.shared_memory
     import mpx.dummy.connection
-    assert mpx.pool is multiprocessing.pool
+    assert mpx.sharedctypes is multiprocessing.sharedctypes
     assert mpx.shared_memory.SharedMemory is multiprocessing.shared_memory.SharedMemory
     assert mpx.dummy.connection is sys.modules["multiprocessing.dummy.connection"]
     # ...without their identity being rewritten.
-    assert multiprocessing.pool.__spec__.name == "multiprocessing.pool"
+    assert multiprocessing.sharedctypes.__spec__.name == "multiprocessing.sharedctypes"
+
+
+def test_pool_module_is_mpx_with_every_stdlib_name():
+    import multiprocessing.pool as std
+    import mpx.pool
+    assert mpx.pool is not std and mpx.pool.Pool is not std.Pool
+    public = [n for n in vars(std) if not n.startswith("_")]
+    assert not [n for n in public if not hasattr(mpx.pool, n)]
+    # The stdlib's where mpx has no Pool-specific version.
+    for name in ("ThreadPool", "RemoteTraceback", "MaybeEncodingError", "RUN", "CLOSE",
+                 "TERMINATE", "INIT", "TimeoutError"):
+        assert getattr(mpx.pool, name) is getattr(std, name)
+    assert mpx.pool.AsyncResult is mpx.pool.ApplyResult
 
 
 def test_get_context():

@@ -10,10 +10,11 @@ mpx context asking (for the start method and the stdlib context) and
 ``FAMILIES`` and may define ``unavailable()`` returning a reason string when
 it cannot work on this machine (``None`` when it can).
 
-Two families are built above the backends instead: ``SharedArray`` (the
-class in ``mpx.sharedarray`` uses the segment API its backend modules share)
-and ``Manager`` (``mpx.managers`` uses the transport its backend modules
-share). Their modules list the family in ``FAMILIES`` but have no factory,
+Three families are built above the backends instead: ``SharedArray`` (the
+class in ``mpx.sharedarray`` uses the segment API its backend modules share),
+``Manager`` (``mpx.managers`` uses the transport its backend modules share)
+and ``Pool`` (``mpx.pool`` moves tasks and results over the backend's
+queues). Their modules list the family in ``FAMILIES`` but have no factory,
 since a backend must never import the layer above it.
 
 Backends never import each other; only this registry knows them all.
@@ -28,7 +29,7 @@ __all__ = ["FAMILIES", "BACKENDS", "PREFERENCE", "BackendTable", "backends", "re
 
 # The object families, in the order the docs list them.
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue",
-            "Pipe", "SharedArray", "Manager")
+            "Pipe", "Pool", "SharedArray", "Manager")
 
 # name -> (one line for the table, its modules). Add a line when a backend lands.
 BACKENDS = {
@@ -62,6 +63,7 @@ PREFERENCE = {
     "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
     "PriorityQueue": ("shm", "posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),
+    "Pool": ("shm", "pipe"),
     "SharedArray": ("posix", "sysv", "file"),
     "Manager": ("shm", "unix", "tcp", "pipe"),
 }

@@ -27,7 +27,9 @@ from .._serial import loads_custom, wire_bytes
 from .._timeouts import seconds
 from ._conn import SerializedConnection
 
-FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe")
+# Pool: mpx.pool runs its tasks and results over these queues (the family is
+# built above the backends; there is no factory here).
+FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Pool")
 
 
 class _Serialized:

@@ -67,7 +67,9 @@ __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
            "unavailable", "DEFAULT_CAPACITY"]
 
-FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue")
+# Pool: mpx.pool runs its tasks and results over these queues (the family is
+# built above the backends; there is no factory here).
+FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pool")
 
 SHM_DIR = "/dev/shm"
 
