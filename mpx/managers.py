@@ -26,7 +26,10 @@ fixing the stdlib's known faults:
   its own proxy; the receiver claims it. A transit never claimed (a pickle
   nobody ever loads) expires after ``transit_timeout`` seconds.
 * Errors: an exception raised in the server reaches the caller with its type
-  and message, with the server's traceback attached as ``__cause__``.
+  and message, with the server's traceback attached as ``__cause__``. When
+  a managed object's constructor fails, that exception is also a
+  ``RemoteError`` (which is what the stdlib raises there), so code written
+  for either catches it.
 * Serialization goes through :mod:`mpx._serial` (``serializer="pickle"``
   falls back to cloudpickle; ``"cloudpickle"`` always uses it), so lambdas can
   be stored in a managed dict or given to a managed ``Pool``.
@@ -188,6 +191,82 @@ def _error_reply(exc):
     return (_ERROR, exc, tb)
 
 
+# A managed object's constructor that fails: the stdlib raises RemoteError
+# (holding the server's traceback as text), mpx the constructor's own
+# exception. What mpx raises is both, as SerializationError is both a
+# PicklingError and a TypeError: an instance of a class made (once per
+# exception type) from RemoteError and that type, carrying the original's
+# arguments and attributes, with the server's traceback as its __cause__.
+_creation_error_classes = {}
+
+
+def _creation_error_class(exc_type):
+    """The class ``RemoteError[<exc_type>]`` (a subclass of both), or None
+    where Python cannot combine the two (a layout conflict)."""
+    try:
+        return _creation_error_classes[exc_type]
+    except KeyError:
+        pass
+    name = f"RemoteError[{exc_type.__qualname__}]"
+    try:
+        cls = type(name, (RemoteError, exc_type), {
+            "__module__": __name__, "__qualname__": name,
+            "__doc__": f"A manager could not create an object: {exc_type.__qualname__} "
+                       f"raised in the server (also a RemoteError, as the stdlib raises).",
+            # The original's message, not RemoteError's framed first argument.
+            "__str__": exc_type.__str__,
+            "__reduce__": _reduce_creation_error,
+            "_exc_type": exc_type,
+        })
+    except TypeError:
+        cls = None
+    return _creation_error_classes.setdefault(exc_type, cls)
+
+
+def _constructor_state(exc, exc_type=None):
+    """(args, attributes) that rebuild `exc`, as the pickling of its type
+    (`exc_type`, default its own) sees them (an OSError's filename is among
+    its arguments there, not in .args)."""
+    red = (exc_type or type(exc)).__reduce__(exc)
+    if isinstance(red, tuple) and len(red) >= 2 and isinstance(red[0], type) \
+            and isinstance(exc, red[0]):
+        return tuple(red[1]), dict(red[2] or {}) if len(red) > 2 else {}
+    return exc.args, dict(vars(exc))
+
+
+def _reduce_creation_error(self):
+    args, state = _constructor_state(self, self._exc_type)
+    return (_rebuild_creation_error, (self._exc_type, args, state))
+
+
+def _rebuild_creation_error(exc_type, args, state):
+    cls = _creation_error_class(exc_type) or exc_type
+    # __new__ only: BaseException.__new__ keeps the arguments (OSError's
+    # parses errno, strerror, filename); the type's own __init__ may want
+    # other ones and has run in the server already.
+    exc = cls.__new__(cls, *args)
+    exc.__dict__.update(state)
+    return exc
+
+
+def _raise_creation_reply(kind, payload):
+    """_raise_reply for the reply to a "create": an error from the server
+    comes out as both RemoteError and its own type."""
+    if kind == _ERROR:
+        exc, tb = payload
+        if isinstance(exc, BaseException) and not isinstance(exc, RemoteError):
+            both = None
+            if _creation_error_class(type(exc)) is not None:
+                try:
+                    both = _rebuild_creation_error(type(exc), *_constructor_state(exc))
+                except Exception:      # a type whose __new__ wants other arguments
+                    both = None
+            if both is not None:
+                raise both from RemoteTraceback(tb)
+            raise RemoteError(tb) from exc
+    _raise_reply(kind, payload)
+
+
 def _raise_reply(kind, payload):
     if kind == _ERROR:
         exc, tb = payload
@@ -265,6 +344,7 @@ class _Peer:
     # -- connections ------------------------------------------------------
     def _connect(self, kind):
         name, module = _transport(self.backend)
+        util.debug("making connection to manager")
         conn = module.connect(self.address, self.authkey, timeout=_CONNECT_TIMEOUT,
                               **self.opts)
         try:
@@ -324,6 +404,7 @@ class _Peer:
         handles, pending = self.handles, self.pending
         count = handles.get(ident, 0)
         if kind == "acquire":          # a proxy now owns one count
+            util.debug("INCREF %r", ident)
             if not _count_down(pending, ident):
                 handles[ident] = count + 1
                 if count == 0:
@@ -338,6 +419,7 @@ class _Peer:
             pending[ident] = pending.get(ident, 0) + 1
             out.append(("drop" if count else "claim", ident, tid))
         elif kind == "release":        # an owning proxy is gone
+            util.debug("DECREF %r", ident)
             if count > 1:
                 handles[ident] = count - 1
             elif count == 1:
@@ -856,6 +938,8 @@ class Server:
             try:
                 data = recv(spin)
             except (EOFError, OSError):
+                util.debug("got EOF -- exiting thread serving %r",
+                           state.get("who", "a client"))
                 return
             # Spin for the next request only while one client keeps this
             # server busy (two requests in a row on this connection), from
@@ -984,6 +1068,7 @@ class Server:
             self.refcount[ident] = 1
             refs = session.refs
             refs[ident] = refs.get(ident, 0) + 1
+        util.debug("%r callable returned object with id %r", typeid, ident)
         return (typeid, ident, exposed)
 
     def _release_locked(self, ident, n, dead):
@@ -994,6 +1079,7 @@ class Server:
             self.refcount.pop(ident, None)
             entry = self.objects.pop(ident, None)
             if entry is not None:
+                util.debug("disposing of obj with id %r", ident)
                 # Destroyed after the mutex is released: a referent may hold
                 # proxies whose clean-up talks to this server.
                 dead.append(entry)
@@ -1037,6 +1123,8 @@ class Server:
             s.conns += 1
         state["session"] = s
         state["kind"] = kind
+        state["who"] = name
+        util.debug("starting server thread to service %r", name)
 
     def op_refs(self, state, ops):
         session = state["session"]
@@ -1139,6 +1227,7 @@ class Server:
 
     def op_shutdown(self, state):
         # serve_client stops the server once this reply has been sent.
+        util.debug("manager received shutdown message")
         state["shutdown"] = True
         return None
 
@@ -1412,6 +1501,7 @@ class BaseManager:
             raise ProcessError("the manager is not started (call start() or connect())")
         peer = self._peer()
         conn = peer.call_conn()
+        util.debug("requesting creation of a shared %r object", typeid)
         data = self._serializer.dumps((None, "create", (typeid,) + args, kwds))
         try:
             conn.send(data)
@@ -1419,7 +1509,10 @@ class BaseManager:
         except BaseException:
             peer.drop_call_conn(conn)
             raise
-        typeid, ident, exposed = _check_reply(pickle.loads(reply))
+        reply = pickle.loads(reply)
+        if reply[0] != _RETURN:
+            _raise_creation_reply(reply[0], reply[1:] if reply[0] == _ERROR else reply[1])
+        typeid, ident, exposed = reply[1]
         peer.post(("adopt", ident, None))
         return Token(typeid, self._address, ident, self._backend), exposed
 
@@ -1470,6 +1563,7 @@ class BaseManager:
         key = (backend, address)
         _forget_peer(key)
         if proc.is_alive():
+            util.info("sending shutdown message to manager")
             try:
                 _oneshot(backend, address, authkey, "shutdown", opts=opts,
                          timeout=_CONNECT_TIMEOUT if timeout is None else max(timeout, 1.0))
@@ -1477,10 +1571,12 @@ class BaseManager:
                 pass
             proc.join(timeout=timeout)
             if proc.is_alive():
-                util.info("manager still alive; terminating it")
+                util.info("manager still alive")
+                util.info("trying to `terminate()` manager process")
                 proc.terminate()
                 proc.join(timeout=timeout)
                 if proc.is_alive():
+                    util.info("manager still alive after terminate")
                     proc.kill()
                     proc.join()
         state.value = State.SHUTDOWN

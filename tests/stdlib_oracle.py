@@ -51,6 +51,7 @@ CLASSES = {
                 "WithManagerTestCondition", "WithManagerTestEvent", "WithManagerTestBarrier",
                 "WithManagerTestContainers", "WithManagerTestMyManager",
                 "WithManagerTestRemoteManager", "WithManagerTestManagerRestart",
+                "WithManagerTestPool",
                 "TestSyncManagerTypes", "TestManagerExceptions"],
 }
 

@@ -44,7 +44,7 @@ import stat
 import struct
 import tempfile
 import time
-from multiprocessing import AuthenticationError
+from multiprocessing import AuthenticationError, util
 
 from .._timeouts import seconds
 
@@ -527,6 +527,7 @@ class UnixListener(StreamListener):
         self._dir = None
         if address is None:
             self._dir = tempfile.mkdtemp(prefix="mpx-manager-")   # mode 0o700
+            util.info("created temp directory %s", self._dir)
             address = os.path.join(self._dir, "socket")
         address = check_unix_address(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
