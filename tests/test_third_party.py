@@ -104,3 +104,30 @@ def test_unknown_start_method_is_a_valueerror_naming_it():
         mpx.get_context("no-such-method")
     with pytest.raises(ValueError, match="no-such-method"):
         mpx.context.get_context("no-such-method")
+
+
+# --- the libraries' own suites ------------------------------------------
+
+def _suite(name, timeout):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "third_party.py"), "--installed",
+         "--no-stdlib", "--only", name, "--cache", os.path.join(ROOT, "build", "third-party")],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+
+
+@pytest.mark.timeout(300)
+def test_joblibs_multiprocessing_tests_pass_with_mpx():
+    pytest.importorskip("joblib", reason="joblib is not installed here (not in the test "
+                        "extra): `python benchmarks/third_party.py` installs it in a "
+                        "cache folder and runs its suite with mpx")
+    _suite("joblib", 240)
+
+
+@pytest.mark.timeout(900)
+def test_pebbles_suite_passes_with_mpx():
+    pytest.importorskip("pebble", reason="pebble is not installed here (not in the test "
+                        "extra): `python benchmarks/third_party.py` installs it in a "
+                        "cache folder and runs its suite with mpx")
+    # pebble's tests come from its sdist (fetched once into build/third-party).
+    _suite("pebble", 840)
