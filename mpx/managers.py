@@ -249,34 +249,47 @@ def _rebuild_creation_error(exc_type, args, state):
     return exc
 
 
+# The frames that raise a server's exception (and their callers holding the
+# reply) drop their references to it on the way out: the exception's
+# traceback holds those frames, and a reference back from one of them would
+# keep it alive until the cycle collector runs (CPython gh-106558; its
+# TestManagerExceptions checks this).
+
 def _raise_creation_reply(kind, payload):
     """_raise_reply for the reply to a "create": an error from the server
     comes out as both RemoteError and its own type."""
-    if kind == _ERROR:
-        exc, tb = payload
-        if isinstance(exc, BaseException) and not isinstance(exc, RemoteError):
-            both = None
-            if _creation_error_class(type(exc)) is not None:
-                try:
-                    both = _rebuild_creation_error(type(exc), *_constructor_state(exc))
-                except Exception:      # a type whose __new__ wants other arguments
-                    both = None
-            if both is not None:
-                raise both from RemoteTraceback(tb)
-            raise RemoteError(tb) from exc
-    _raise_reply(kind, payload)
+    exc = both = None
+    try:
+        if kind == _ERROR:
+            exc, tb = payload
+            if isinstance(exc, BaseException) and not isinstance(exc, RemoteError):
+                if _creation_error_class(type(exc)) is not None:
+                    try:
+                        both = _rebuild_creation_error(type(exc), *_constructor_state(exc))
+                    except Exception:      # a type whose __new__ wants other arguments
+                        both = None
+                if both is not None:
+                    raise both from RemoteTraceback(tb)
+                raise RemoteError(tb) from exc
+        _raise_reply(kind, payload)
+    finally:
+        exc = both = payload = None
 
 
 def _raise_reply(kind, payload):
-    if kind == _ERROR:
-        exc, tb = payload
-        if isinstance(exc, BaseException):
-            exc.__cause__ = RemoteTraceback(tb)
-            raise exc
-        raise RemoteError(tb)
-    if kind == _REMOTE:
-        raise RemoteError(payload)
-    raise RemoteError(f"unrecognized reply kind {kind!r} from the manager")
+    exc = None
+    try:
+        if kind == _ERROR:
+            exc, tb = payload
+            if isinstance(exc, BaseException):
+                exc.__cause__ = RemoteTraceback(tb)
+                raise exc
+            raise RemoteError(tb)
+        if kind == _REMOTE:
+            raise RemoteError(payload)
+        raise RemoteError(f"unrecognized reply kind {kind!r} from the manager")
+    finally:
+        exc = payload = None
 
 
 # --------------------------------------------------------------------------
@@ -620,7 +633,10 @@ def _check_reply(reply):
     """The result carried by a (non-proxy) reply, or raise its error."""
     if reply[0] == _RETURN:
         return reply[1]
-    _raise_reply(reply[0], reply[1:] if reply[0] == _ERROR else reply[1])
+    try:
+        _raise_reply(reply[0], reply[1:] if reply[0] == _ERROR else reply[1])
+    finally:
+        reply = None
 
 
 def _request(conn, name, args=(), kwds={}, serializer=_serial.DEFAULT_SERIALIZER,
@@ -1511,7 +1527,10 @@ class BaseManager:
             raise
         reply = pickle.loads(reply)
         if reply[0] != _RETURN:
-            _raise_creation_reply(reply[0], reply[1:] if reply[0] == _ERROR else reply[1])
+            try:
+                _raise_creation_reply(reply[0], reply[1:] if reply[0] == _ERROR else reply[1])
+            finally:
+                reply = None
         typeid, ident, exposed = reply[1]
         peer.post(("adopt", ident, None))
         return Token(typeid, self._address, ident, self._backend), exposed
@@ -1725,7 +1744,10 @@ class BaseProxy:
             return reply[1]
         if kind == _PROXY:
             return self._proxy_from_reply(peer, reply[1])
-        _raise_reply(kind, reply[1:] if kind == _ERROR else reply[1])
+        try:
+            _raise_reply(kind, reply[1:] if kind == _ERROR else reply[1])
+        finally:
+            reply = None
 
     def _proxy_from_reply(self, peer, payload):
         typeid, ident, exposed = payload

@@ -141,3 +141,28 @@ def test_mpx_warnings_have_their_own_logger():
     own = logging.getLogger("mpx")
     assert own is not mpx.get_logger()
     assert any(isinstance(h, logging.NullHandler) for h in own.handlers)
+
+
+def test_a_remote_exception_is_freed_without_the_cycle_collector(manager):
+    # CPython gh-106558 (its TestManagerExceptions): the frames that raise
+    # a server's exception keep no reference to it.
+    import gc
+    import queue
+    import weakref
+    q = manager.Queue()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            q.get_nowait()
+        except queue.Empty as e:
+            ref = weakref.ref(e)
+        assert ref() is None
+        try:
+            manager.Pool(0)
+        except ValueError as e:
+            ref = weakref.ref(e)
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
