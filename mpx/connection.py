@@ -81,12 +81,14 @@ class Connection(_std.Connection, metaclass=_ConnectionType):
 # multiprocessing.reduction.send_handle(conn, fd, pid) and recv_handle(conn)
 # reach the socket under a connection through conn.fileno(). An shm Pipe
 # end's fileno() is a readiness descriptor (see mpx.backends.shm_pipe),
-# and a fifo end has no socket at all. So those two functions are wrapped,
-# once, when mpx is imported: an end whose class carries descriptors itself
-# (a ``_send_handle``/``_recv_handle`` method: the shm Pipe passes them on
-# its socket, the fifo Pipe says it cannot) does so; every other object
-# goes to the stdlib's own function, unchanged. (mpx.reduction is the
-# stdlib's module itself, so both names see the wrapped functions.)
+# and a fifo end or a simplex pipe-backend end has no socket at all. So
+# those two functions are wrapped, once, when mpx is imported: an end whose
+# class carries descriptors itself (``_send_handle``/``_recv_handle``: the
+# shm Pipe passes them on its socket) does so, one that knows it cannot
+# (``_handles_error()`` returns the error: fifo, simplex pipe) says so;
+# every other object goes to the stdlib's own function, unchanged.
+# (mpx.reduction is the stdlib's module itself, so both names see the
+# wrapped functions.)
 def _wrap_handle_functions():
     import functools
     from multiprocessing import reduction
@@ -96,8 +98,15 @@ def _wrap_handle_functions():
     if getattr(std_send, "__mpx_wrapped__", False):
         return
 
+    def refuse(conn):
+        check = getattr(type(conn), "_handles_error", None)
+        error = None if check is None else check(conn)
+        if error is not None:
+            raise error
+
     @functools.wraps(std_send)
     def send_handle(conn, handle, destination_pid):
+        refuse(conn)
         own = getattr(type(conn), "_send_handle", None)
         if own is None:
             return std_send(conn, handle, destination_pid)
@@ -105,6 +114,7 @@ def _wrap_handle_functions():
 
     @functools.wraps(std_recv)
     def recv_handle(conn):
+        refuse(conn)
         own = getattr(type(conn), "_recv_handle", None)
         if own is None:
             return std_recv(conn)

@@ -135,6 +135,18 @@ def test_a_fifo_end_says_it_cannot_carry_descriptors():
         b.close()
 
 
+def test_a_simplex_pipe_backend_end_says_it_cannot_carry_descriptors():
+    r, w = mpx.Pipe(duplex=False, backend="pipe")
+    try:
+        with pytest.raises(OSError, match="simplex Pipe .* cannot carry file descriptors"):
+            reduction.send_handle(w, 0, os.getpid())
+        with pytest.raises(OSError, match="simplex Pipe .* cannot carry file descriptors"):
+            reduction.recv_handle(r)
+    finally:
+        r.close()
+        w.close()
+
+
 def test_other_connections_still_use_the_stdlibs_functions(path):
     import multiprocessing
     a, b = multiprocessing.Pipe()

@@ -11,8 +11,10 @@ both for a child being spawned and, later, through any queue or pipe.
 """
 
 import copyreg
+import errno
 import multiprocessing.connection as _mpc
 import os
+import stat
 
 from multiprocessing import reduction
 
@@ -79,6 +81,20 @@ class SerializedConnection(_mpc.Connection):
         write = None if self._write_handle is None else reduction.DupFd(self._write_handle)
         return (_rebuild, (type(self), read, write, self.readable, self.writable,
                            self._serializer, self._reduce_extra()))
+
+    def _handles_error(self):
+        """Why multiprocessing.reduction.send_handle/recv_handle cannot use
+        this end (an OSError), or None: descriptors travel on a socket only,
+        and a simplex pipe-backend end is an OS pipe (see mpx.connection)."""
+        try:
+            if stat.S_ISSOCK(os.fstat(self.fileno()).st_mode):
+                return None
+        except OSError:
+            return None            # closed: the stdlib's own error says so
+        return OSError(errno.ENOTSOCK, "this end of a simplex Pipe (duplex=False, "
+                       "backend='pipe') is an OS pipe, which cannot carry file "
+                       "descriptors: send_handle/recv_handle need a duplex Pipe or "
+                       "backend='shm' (the default)")
 
     def _reduce_extra(self):
         """Extra state a subclass carries across processes (a dict)."""

@@ -107,15 +107,9 @@ class FifoConnection(SerializedConnection):
         if extra.get("lock") is not None:
             self._lock = extra["lock"].detach()
 
-    # multiprocessing.reduction.send_handle/recv_handle (routed here by
-    # mpx.connection): a FIFO carries bytes only, never descriptors.
-    def _send_handle(self, handle, destination_pid=None):
-        raise self._no_handles()
-
-    def _recv_handle(self):
-        raise self._no_handles()
-
-    def _no_handles(self):
+    def _handles_error(self):
+        # multiprocessing.reduction.send_handle/recv_handle (see
+        # mpx.connection): a FIFO carries bytes only, never descriptors.
         return OSError(errno.ENOTSOCK, "the fifo backend's Pipe cannot carry file "
                        "descriptors (a FIFO passes bytes only): send_handle/recv_handle "
                        "need a Pipe with backend='shm' (the default) or backend='pipe' "
