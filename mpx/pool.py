@@ -24,12 +24,13 @@ fails to unpickle on the other side fails its own task, with its sequence
 number still readable, instead of the transport.
 
 Batching. Workers take up to 256 tasks per lock round of the ring
-(``get_many``) and put their results with one ``put_many``; how many they
-take adapts to how long tasks run (about half a millisecond of work per
-batch, one task at a time once a task takes that long), so a trivial
-function is not dominated by wake-ups and a slow one is not hoarded. The
-parent puts tasks in batches too, from the calling thread while the ring
-has room, then from its one handler thread.
+(``get_many``); how many they take adapts to how long tasks run (about
+half a millisecond of work per batch, one task at a time once a task takes
+that long), so a trivial function is not dominated by wake-ups and a slow
+one is not hoarded. Each result is put as soon as it is computed (batching
+results gained nothing measurable on the ring, and a dead worker then
+loses no finished result). The parent puts tasks in batches too, from the
+calling thread while the ring has room, then from its one handler thread.
 
 One handler thread (the stdlib has three): it takes results and completes
 jobs (callbacks run there, as in the stdlib), feeds what did not fit in the
@@ -69,7 +70,7 @@ import time
 import traceback
 import types
 import warnings
-from multiprocessing import util as _util
+from multiprocessing import connection as _mp_connection, util as _util
 from multiprocessing.context import TimeoutError
 from multiprocessing.pool import (CLOSE, INIT, RUN, TERMINATE, ExceptionWithTraceback,
                                   MaybeEncodingError, RemoteTraceback, ThreadPool, mapstar,
@@ -215,6 +216,8 @@ _S_GEN = 1           # seqlock generation: odd while FIRST/COUNT are written
 _S_FIRST = 2         # sequence number of the first task of its current batch
 _S_COUNT = 3         # number of tasks in that batch
 _S_STATE = 4         # _ST_*
+_S_CUR = 5           # index in the batch of the task running (or last run)
+_S_SENT = 6          # tasks of the batch whose results are in the result queue
 _ST_STARTING = 0     # the initializer has not returned yet
 _ST_WORKING = 1
 _ST_STOPPED = 2      # exiting: no more tasks (1 + _X_STOPPED)
@@ -261,6 +264,11 @@ class _SlotTable:
     def state(self, slot):
         return self.words[slot * _SLOT_WORDS + _S_STATE]
 
+    def progress(self, slot):
+        """(running, sent) of the slot's batch (see _S_CUR, _S_SENT)."""
+        base = slot * _SLOT_WORDS
+        return self.words[base + _S_CUR], self.words[base + _S_SENT]
+
     def batch(self, slot):
         """(first, count) of the slot's current batch, or None while the
         worker is writing it."""
@@ -295,7 +303,6 @@ class _SlotTable:
 _IDLE_CHECK = 1.0          # seconds between checks that the pool's process lives
 _TAKE_MAX = 256            # most tasks a worker takes at once
 _BATCH_TIME = 0.0005       # aim: this much work per batch
-_FLUSH_TIME = 0.002        # results wait at most this long in a worker
 
 
 def _run(msg, funcs, ser):
@@ -356,7 +363,7 @@ def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtas
             sys.exit(1)
     w[base + _S_STATE] = _ST_WORKING
     parent = multiprocessing.parent_process()
-    get_many, put_many = tasks.get_many, results.put_many
+    get_many, put = tasks.get_many, results.put
     perf = time.perf_counter
     funcs = {}
     done = 0
@@ -383,21 +390,18 @@ def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtas
         w[base + _S_GEN] = gen - 1
         w[base + _S_FIRST] = batch[0][0]
         w[base + _S_COUNT] = count
+        w[base + _S_CUR] = 0
+        w[base + _S_SENT] = 0
         w[base + _S_GEN] = gen
-        start = flushed = perf()
-        out = []
+        start = perf()
+        i = 0
         for msg in batch:
-            out.append(_run(msg, funcs, ser))
-            if count > 1:
-                now = perf()
-                if now - flushed > _FLUSH_TIME:
-                    put_many(out)
-                    out = []
-                    flushed = now
-        if out:
-            put_many(out)
+            w[base + _S_CUR] = i
+            put(_run(msg, funcs, ser))
+            i += 1
+            w[base + _S_SENT] = i
         # Nothing of a finished batch stays alive while waiting for the next.
-        out = batch = msg = None
+        batch = msg = None
         done += count
         elapsed = perf() - start
         if elapsed < _BATCH_TIME:
@@ -776,13 +780,14 @@ class _Core:
         self.ser = _serial.get_serializer(serializer)
         self.raw = isinstance(self.ser, _serial.PickleSerializer)
         self.ctx = ctx
+        self.method = ctx.get_start_method()
         self.Process = Process
         self.processes = processes
         self.maxtasks = maxtasks
         self.owner = os.getpid()
         self.lock = threading.RLock()
         self.jobs = {}                      # job id -> result object
-        self.inflight = {}                  # seq -> (result object, index), in seq order
+        self.inflight = {}                  # seq -> (result, index, message), in seq order
         self.seq = 0                        # next sequence number
         self.put_count = 0                  # task messages in the queue so far
         self.backlog = collections.deque()  # built task messages not put yet
@@ -799,7 +804,8 @@ class _Core:
         self.thread = None
         self.table = None
         self.tasks = self.results = None
-        if initializer is not None and ctx.get_start_method() != "fork":
+        self.wake_r = self.wake_w = None
+        if initializer is not None and self.method != "fork":
             # Travels as bytes, so a lambda or closure works under spawn too.
             initializer = self.ser.dumps(initializer)
         self.initializer = initializer
@@ -814,6 +820,9 @@ class _Core:
                 # A terminated pool must not make this process wait at exit
                 # for tasks nobody will read.
                 self.tasks.cancel_join_thread()
+                self.wake_r, self.wake_w = os.pipe()
+                os.set_blocking(self.wake_r, False)
+                os.set_blocking(self.wake_w, False)
             self.table = _SlotTable(processes)
             for slot in range(processes):
                 self._start(slot)
@@ -853,9 +862,23 @@ class _Core:
 
     def check_locked(self):
         if self.broken is not None:
-            raise BrokenPoolError(f"the pool is broken: {self.broken}") from self.broken
+            raise _chained(BrokenPoolError(str(self.broken)), self.broken.__cause__)
         if self.state != RUN:
             raise ValueError("Pool not running")
+
+    def dump_func(self, func):
+        """Serializer bytes of a job's function. Under spawn and forkserver a
+        function of the ``__main__`` module travels by value (cloudpickle):
+        by reference it exists in a worker only if defined at the top level
+        of a main script (not under ``if __name__ == "__main__":``, in
+        ``python -c`` or an interactive session)."""
+        if (self.raw and self.method != "fork"
+                and getattr(func, "__module__", None) == "__main__"):
+            try:
+                return _serial.get_serializer("cloudpickle").dumps(func)
+            except Exception:
+                pass
+        return self.ser.dumps(func)
 
     def wrap(self, call, payload):
         """(kind, payload) of a task: as it is when plain, else serializer
@@ -878,8 +901,9 @@ class _Core:
                 if job._set(idx, False, payload):
                     done.append(job)
                 continue
-            backlog.append((seq, jid, idx, fbytes, kind, payload))
-            inflight[seq] = (job, idx)
+            msg = (seq, jid, idx, fbytes, kind, payload)
+            backlog.append(msg)
+            inflight[seq] = (job, idx, msg)
             seq += 1
         self.seq = seq
         self._flush_locked()
@@ -973,10 +997,39 @@ class _Core:
 
     def wake(self):
         """Make the handler look around now."""
+        if not self.robust:
+            with self.lock:       # (release() closes it under the lock)
+                if self.wake_w is not None:
+                    try:
+                        os.write(self.wake_w, b"!")
+                    except OSError:
+                        pass      # full: it is awake anyway
+            return
         try:
             self.results.put(_WAKE_MSG, False)
         except Exception:
             pass          # full (it is awake anyway) or closed (it is gone)
+
+    def _get_results(self, timeout):
+        """A batch of result messages, waiting up to `timeout` seconds."""
+        if self.wake_r is None:
+            try:
+                return self.results.get_many(None, timeout > 0, timeout)
+            except Empty:
+                return None
+        # The pipe transport: the parent never writes to the result queue
+        # (a worker killed while holding its write lock would leave that
+        # lock held), so wake-ups come through a pipe of its own.
+        ready = _mp_connection.wait([self.results._reader, self.wake_r], timeout)
+        if self.wake_r in ready:
+            try:
+                os.read(self.wake_r, 4096)
+            except OSError:
+                pass
+        try:
+            return self.results.get_many(None, False)
+        except Empty:
+            return None
 
     # -------------------------------------------------------- the handler
 
@@ -997,7 +1050,6 @@ class _Core:
             raise
 
     def _loop(self):
-        get_many = self.results.get_many
         next_reap = 0.0
         backoff = 0.001
         while True:
@@ -1012,10 +1064,7 @@ class _Core:
             else:
                 timeout = _REAP_EVERY
                 backoff = 0.001
-            try:
-                batch = get_many(None, timeout > 0, timeout)
-            except Empty:
-                batch = None
+            batch = self._get_results(timeout)
             if batch:
                 self._process(batch)
             now = time.monotonic()
@@ -1090,7 +1139,7 @@ class _Core:
                     entry = inflight.pop(seq, None)
                     if entry is None:
                         continue          # its job was dropped or failed meanwhile
-                    job, idx = entry
+                    job, idx, _ = entry
                     status = msg[1]
                     if status == _R_OK:
                         ok, value = True, msg[2]
@@ -1228,24 +1277,33 @@ class _Core:
         done = []
         inflight = self.inflight
 
-        def lost():
-            return WorkerLostError(f"{what} while it held this task; a new worker took "
-                                   "its place", pid, code)
+        def lost(how):
+            return WorkerLostError(f"{what} {how}; a new worker took its place", pid, code)
+        # Its batch: the task it was running (or sending the result of)
+        # fails; those it had not started go back in the queue.
+        again = []
         batch = self.table.batch(slot)
         if batch is not None:
             first, count = batch
-            for seq in range(first, first + count):
+            running, sent = self.table.progress(slot)
+            for seq in range(first + min(running, sent), first + count):
                 entry = inflight.pop(seq, None)
-                if entry is not None and entry[0]._set(entry[1], False, lost()):
+                if entry is None:
+                    continue
+                if seq > first + running:
+                    again.append(entry)
+                elif entry[0]._set(entry[1], False, lost("while running this task")):
                     done.append(entry[0])
+        self._requeue_locked(again)
         # Tasks the ring says were taken that no worker has recorded: the
-        # dead one may have died between taking and recording them.
+        # dead one may have died between taking and recording them (it ran
+        # none of them). Live workers get a grace period to record theirs.
         taken = self.put_count - self.tasks.qsize()
         for seq in inflight:
             if seq >= taken:
                 break
             if seq not in self.suspects and (batches is None or not _covered(seq, batches)):
-                self.suspects[seq] = (now + _GRACE, lost)
+                self.suspects[seq] = now + _GRACE
         if state == _ST_STARTING:
             self.init_deaths += 1
             if self.init_deaths >= max(3, 2 * self.processes):
@@ -1257,17 +1315,30 @@ class _Core:
         return done
 
     def _check_suspects_locked(self, batches, now):
-        done = []
-        for seq, (deadline, lost) in list(self.suspects.items()):
+        again = []
+        for seq, deadline in list(self.suspects.items()):
             entry = self.inflight.get(seq)
             if entry is None or _covered(seq, batches):
                 del self.suspects[seq]
             elif deadline <= now:
                 del self.suspects[seq]
                 del self.inflight[seq]
-                if entry[0]._set(entry[1], False, lost()):
-                    done.append(entry[0])
-        return done
+                again.append(entry)
+        self._requeue_locked(again)
+        return []
+
+    def _requeue_locked(self, entries):
+        """Put tasks a dead worker took but never started back in the queue
+        (under new sequence numbers, so the queue's order stays theirs)."""
+        if not entries:
+            return
+        for job, idx, msg in entries:
+            seq = self.seq
+            self.seq += 1
+            msg = (seq,) + msg[1:]
+            self.backlog.append(msg)
+            self.inflight[seq] = (job, idx, msg)
+        self._flush_locked()
 
     # ------------------------------------------------------ ending
 
@@ -1396,8 +1467,15 @@ class _Core:
                             q.join_thread()
                     except Exception:
                         pass
+            # Dropped, so what they hold (the pipe transport's semaphores)
+            # goes now rather than with the pool object.
+            self.tasks = self.results = None
             if self.table is not None:
                 self.table.close()
+            for fd in (self.wake_r, self.wake_w):
+                if fd is not None:
+                    os.close(fd)
+            self.wake_r = self.wake_w = None
 
 
 def _covered(seq, batches):
@@ -1558,7 +1636,7 @@ class Pool:
         A function or argument that cannot be serialized raises here."""
         self._check_running()
         core = self._core
-        fbytes = core.ser.dumps(func)
+        fbytes = core.dump_func(func)
         kind, payload = core.wrap(_CALL_APPLY, (tuple(args), dict(kwds)))
         result = ApplyResult(self, callback, error_callback)
         core.submit_one(result, fbytes, kind, payload)
@@ -1597,7 +1675,7 @@ class Pool:
         if len(iterable) == 0:
             chunksize = 0
         core = self._core
-        fbytes = core.ser.dumps(func)
+        fbytes = core.dump_func(func)
         result = MapResult(self, chunksize, len(iterable), callback, error_callback)
         if chunksize == 0:
             result._finished = True
@@ -1627,7 +1705,7 @@ class Pool:
         _check_chunksize(chunksize)
         _check_buffersize(buffersize)
         core = self._core
-        fbytes = core.ser.dumps(func)
+        fbytes = core.dump_func(func)
         result = cls(self)
         feeder = _Feeder(result, fbytes, _CALL_ONE if chunksize == 1 else _CALL_MAP,
                          _chunks(iterable, chunksize), buffersize)
