@@ -274,9 +274,11 @@ class _SlotTable:
         worker is writing it."""
         w = self.words
         base = slot * _SLOT_WORDS
-        for _ in range(100):
+        for i in range(1000):
             g = w[base + _S_GEN]
             if g & 1:
+                if i >= 100:
+                    os.sched_yield()     # the writer may be off its CPU
                 continue
             first, count = w[base + _S_FIRST], w[base + _S_COUNT]
             if w[base + _S_GEN] == g:
@@ -1236,9 +1238,13 @@ class _Core:
             return
         if self.terminated:
             return
-        # Which tasks live workers hold is read BEFORE the results are
-        # drained: a worker puts its results before it moves on, so a task
-        # in neither place was never recorded by a live worker.
+        # How many tasks were taken, then which tasks live workers hold, are
+        # read BEFORE the results are drained: a worker records a batch
+        # right after taking it and puts every result before it moves on,
+        # so a task taken by then and in neither place was never recorded
+        # (or its worker is in the instant between taking and recording).
+        with self.lock:
+            taken = self.put_count - self.tasks.qsize() if self.robust else 0
         batches = self._live_batches()
         self._drain()
         done = []
@@ -1248,7 +1254,7 @@ class _Core:
             for slot, p in dead:
                 if self.procs[slot] is not p:
                     continue
-                done += self._on_death_locked(slot, p, batches, now)
+                done += self._on_death_locked(slot, p, batches, taken, now)
             kill = self.broken is not None
             if self.suspects and batches is not None:
                 done += self._check_suspects_locked(batches, now)
@@ -1256,7 +1262,7 @@ class _Core:
         if kill:
             self._kill_all()
 
-    def _on_death_locked(self, slot, p, batches, now):
+    def _on_death_locked(self, slot, p, batches, taken, now):
         code = p.exitcode
         pid = p.pid
         state = self.table.state(slot)
@@ -1298,7 +1304,6 @@ class _Core:
         # Tasks the ring says were taken that no worker has recorded: the
         # dead one may have died between taking and recording them (it ran
         # none of them). Live workers get a grace period to record theirs.
-        taken = self.put_count - self.tasks.qsize()
         for seq in inflight:
             if seq >= taken:
                 break
