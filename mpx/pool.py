@@ -183,6 +183,44 @@ def _plain(v, depth=2):
             and not v.dtype.hasobject)
 
 
+# An array at least this large travels as an "array message" (below).
+_ARRAY_MIN = 1 << 16
+_array_message_class = None
+
+
+def _message(header, last):
+    """The tuple ``header + (last,)`` to put in a queue. When `last` is a
+    large plain numpy array, an ndarray subclass view of it instead, which
+    pickles (``__reduce_ex__``) as that very tuple: the shm ring's codec
+    sends an array's data out of band, copied once into the ring and once
+    out, while a tuple holding one is first pickled whole (a copy of the
+    data into a fresh buffer, as slow as the rest together)."""
+    t = type(last)
+    if (t.__name__ != "ndarray" or t.__module__ != "numpy" or last.nbytes < _ARRAY_MIN
+            or last.dtype.hasobject or not last.flags.c_contiguous):
+        return header + (last,)
+    cls = _array_message_class or _make_array_message_class()
+    message = last.view(cls)
+    message._header = header
+    return message
+
+
+def _make_array_message_class():
+    global _array_message_class
+    import numpy
+
+    class _ArrayMessage(numpy.ndarray):
+        def __reduce_ex__(self, protocol):
+            return (_rebuild_message, (self._header, self.view(numpy.ndarray)))
+
+    _array_message_class = _ArrayMessage
+    return _ArrayMessage
+
+
+def _rebuild_message(header, array):
+    return header + (array,)
+
+
 def _traceback_text(exc):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     # As the stdlib shows a worker's traceback.
@@ -335,7 +373,7 @@ def _run(msg, funcs, ser):
         # task fails that task instead of killing the worker.
         return (seq, _R_ERR, _dump_error(ser, e))
     if type(value) in _SCALARS or _plain(value):
-        return (seq, _R_OK, value)
+        return _message((seq, _R_OK), value)
     try:
         return (seq, _R_OKP, ser.dumps(value))
     except Exception as e:
@@ -903,9 +941,8 @@ class _Core:
                 if job._set(idx, False, payload):
                     done.append(job)
                 continue
-            msg = (seq, jid, idx, fbytes, kind, payload)
-            backlog.append(msg)
-            inflight[seq] = (job, idx, msg)
+            backlog.append(_message((seq, jid, idx, fbytes, kind), payload))
+            inflight[seq] = (job, idx, (jid, fbytes, kind, payload))
             seq += 1
         self.seq = seq
         self._flush_locked()
@@ -1337,12 +1374,12 @@ class _Core:
         (under new sequence numbers, so the queue's order stays theirs)."""
         if not entries:
             return
-        for job, idx, msg in entries:
+        for job, idx, task in entries:
             seq = self.seq
             self.seq += 1
-            msg = (seq,) + msg[1:]
-            self.backlog.append(msg)
-            self.inflight[seq] = (job, idx, msg)
+            jid, fbytes, kind, payload = task
+            self.backlog.append(_message((seq, jid, idx, fbytes, kind), payload))
+            self.inflight[seq] = (job, idx, task)
         self._flush_locked()
 
     # ------------------------------------------------------ ending

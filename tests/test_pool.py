@@ -329,6 +329,17 @@ def test_numpy_arrays_take_the_plain_path():
     assert mpx.pool._plain(np.zeros(3)) and mpx.pool._plain(np.zeros((2, 2), "<u2"))
     assert not mpx.pool._plain(np.array([None, 1], dtype=object))
     assert not mpx.pool._plain(np.zeros(3).view(np.matrix))
+    # A large array travels as an ndarray view that pickles as the message
+    # tuple, its data out of band (copied once in and once out of the ring).
+    big = np.arange(1 << 16, dtype=np.float64)
+    message = mpx.pool._message((1, 2), big)
+    assert isinstance(message, np.ndarray) and np.shares_memory(message, big)
+    buffers = []
+    stream = pickle.dumps(message, 5, buffer_callback=buffers.append)
+    assert len(buffers) == 1 and len(stream) < 1000
+    header_1, header_2, back = pickle.loads(stream, buffers=buffers)
+    assert (header_1, header_2) == (1, 2) and type(back) is np.ndarray and (back == big).all()
+    assert type(mpx.pool._message((1,), np.zeros(3))) is tuple       # small: a tuple
     arrays = [np.full((256, 1024), i, dtype=np.float32) for i in range(6)]   # 1 MiB each
     with mpx.get_context("fork").Pool(2) as p:
         out = p.map(np.negative, arrays, chunksize=1)

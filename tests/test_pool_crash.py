@@ -121,6 +121,26 @@ def test_worker_dies_during_a_task(method, how):
         assert wait_for(lambda: len(p._pool) == 2 and all(w.is_alive() for w in p._pool))
 
 
+def kill_on_first(a):
+    if a[0] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return a * 2
+
+
+def test_worker_dies_holding_array_tasks():
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(1 << 15, i, dtype=np.float64) for i in range(8)]   # 256 KiB each
+    with mpx.get_context("fork").Pool(2) as p:
+        outcomes = []
+        for r in [p.apply_async(kill_on_first, (a,)) for a in arrays]:
+            try:
+                outcomes.append(r.get(T))
+            except WorkerLostError as e:
+                outcomes.append(e)
+        assert isinstance(outcomes[1], WorkerLostError)
+        assert all((o == 2 * i).all() for i, o in enumerate(outcomes) if i != 1)
+
+
 def test_idle_worker_killed_is_replaced_and_nothing_fails():
     with mpx.get_context("fork").Pool(2) as p:
         victim = p._pool[0]
