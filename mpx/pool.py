@@ -1349,8 +1349,11 @@ class _Core:
         if state == _ST_STARTING:
             self.init_deaths += 1
             if self.init_deaths >= max(3, 2 * self.processes):
+                hint = "" if self.method == "fork" else (
+                    f"; under {self.method} a worker imports the main module first: "
+                    "does it start a pool outside `if __name__ == '__main__':`?")
                 err = BrokenPoolError(f"the pool's workers keep dying before their "
-                                      f"initializer returns (the last: {what})")
+                                      f"initializer returns (the last: {what}){hint}")
                 return done + self._break_locked(err)
         if self._want_worker():
             self._start(slot)
