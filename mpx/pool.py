@@ -1612,7 +1612,9 @@ class Pool:
         ctx = _mpx_context(context)
         self._ctx = ctx
         if processes is None:
-            processes = os.cpu_count() or 1
+            # (What the stdlib's uses: the CPUs this process may run on, 3.13+.)
+            count = getattr(os, "process_cpu_count", os.cpu_count)
+            processes = count() or 1
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:

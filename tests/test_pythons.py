@@ -22,7 +22,7 @@ SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 # Python builds here ship without; the others run it.)
 SUITES = ("tests/test_surface.py", "tests/test_registry.py",
           "tests/test_queue_contract.py", "tests/test_pipe_contract.py",
-          "tests/test_executor_oracle.py")
+          "tests/test_executor_oracle.py", "tests/test_pool.py")
 OTHERS = [v for v in SUPPORTED if v != "%d.%d" % sys.version_info[:2]]
 
 pytestmark = pytest.mark.timeout(1500)
