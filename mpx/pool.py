@@ -26,8 +26,9 @@ number still readable, instead of the transport.
 Batching. Workers take up to 256 tasks per lock round of the ring
 (``get_many``); how many they take adapts to how long tasks run (about
 half a millisecond of work per batch, one task at a time once a task takes
-that long), so a trivial function is not dominated by wake-ups and a slow
-one is not hoarded. Each result is put as soon as it is computed (batching
+that long) and is never more than a fair share of what is queued, so a
+trivial function is not dominated by wake-ups and slow or large tasks are
+not hoarded by one worker. Each result is put as soon as it is computed (batching
 results gained nothing measurable on the ring, and a dead worker then
 loses no finished result). The parent puts tasks in batches too, from the
 calling thread while the ring has room, then from its one handler thread.
@@ -381,7 +382,7 @@ def _run(msg, funcs, ser):
 
 
 def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtasks,
-                 take_max):
+                 take_max, workers):
     """A pool worker's life (runs in the child)."""
     # Ctrl-C at a terminal signals the whole process group: the pool's
     # process decides (it terminates the workers), the workers do not die
@@ -412,6 +413,10 @@ def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtas
     why = _X_MAXTASKS
     while maxtasks is None or done < maxtasks:
         n = take if maxtasks is None else min(take, maxtasks - done)
+        if n > 1:
+            # No more than a fair share of what is queued: a few large tasks
+            # must not all go to one worker while the others wait.
+            n = min(n, max(1, tasks.qsize() // workers))
         try:
             batch = get_many(n, True, _IDLE_CHECK)
         except Empty:
@@ -831,6 +836,7 @@ class _Core:
         self.seq = 0                        # next sequence number
         self.put_count = 0                  # task messages in the queue so far
         self.backlog = collections.deque()  # built task messages not put yet
+        self.flush_step = _FEED_STEP        # messages per put_many (see _flush_locked)
         self.feeders = collections.deque()
         self.state = RUN
         self.broken = None
@@ -880,7 +886,7 @@ class _Core:
         p = self.Process(self.ctx, target=_worker_main,
                          args=(self.tasks, self.results, self.table, slot, self.ser,
                                self.initializer, self.initargs, self.maxtasks,
-                               _TAKE_MAX if self.robust else 1))
+                               _TAKE_MAX if self.robust else 1, self.processes))
         p.name = p.name.replace("Process", "PoolWorker")
         p.daemon = True
         p.start()
@@ -954,7 +960,12 @@ class _Core:
         backlog = self.backlog
         put_many = self.tasks.put_many
         while backlog:
-            chunk = [backlog.popleft() for _ in range(min(len(backlog), _FEED_STEP))]
+            # put_many encodes a whole chunk before it puts what fits: after
+            # a full queue the next chunk is only as long as what went in
+            # then (large tasks are not encoded again and again), and it
+            # grows back while everything fits.
+            step = self.flush_step
+            chunk = [backlog.popleft() for _ in range(min(len(backlog), step))]
             try:
                 put_many(chunk, False)
             except Exception as e:
@@ -962,9 +973,12 @@ class _Core:
                 self.put_count += n
                 backlog.extendleft(reversed(chunk[n:]))
                 if isinstance(e, _Full):
+                    self.flush_step = max(1, n)
                     return False
                 raise
             self.put_count += len(chunk)
+            if step < _FEED_STEP:
+                self.flush_step = min(_FEED_STEP, step * 2)
         return True
 
     def start_job(self, job, feeder, sync, raise_errors=False):
@@ -1439,6 +1453,9 @@ class _Core:
         with self.lock:
             if self.state == RUN:
                 self.state = CLOSE
+            # With every task queued, the workers learn it now (not after
+            # a round trip through the handler).
+            self._maybe_shut_locked()
         self.wake()
 
     def interrupted(self):
