@@ -99,8 +99,11 @@ def _modules(name):
 
 
 def _module_for(name, family):
-    """The module of backend `name` that makes `family`, or None."""
-    for module, _ in _modules(name):
+    """The module of backend `name` that makes `family`, or None. (Imports
+    the backend's modules only up to the one that has it: a first Queue or
+    Pool does not pay for the Manager's and the Pipe's modules.)"""
+    for modname in BACKENDS[name][1]:
+        module, _ = _load_module(modname)
         if module is not None and family in module.FAMILIES:
             return module
     return None
@@ -165,10 +168,10 @@ def default_backend(family):
         if forced not in BACKENDS:
             raise ValueError(f"{ENV_VAR}={forced!r} is not an mpx backend; "
                              f"choose one of {sorted(BACKENDS)}")
-        if family in _provides(forced):
+        if _module_for(forced, family) is not None:
             return forced
     for name in PREFERENCE[family]:
-        if name in BACKENDS and family in _provides(name):
+        if name in BACKENDS and _module_for(name, family) is not None:
             return name
     raise ValueError(f"no available backend provides {family} in this build of mpx; "
                      f"see mpx.backends() for what each backend offers")
