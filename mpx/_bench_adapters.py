@@ -587,6 +587,14 @@ class _ExecutorAdapter(_PoolAdapter):
 
 
 class MpxExecutor(_ExecutorAdapter):
+    """mpx's executor (mpx.futures: concurrent.futures' API on mpx.Pool)."""
+
+    def start(self, workers):
+        from mpx.futures import ProcessPoolExecutor
+        return ProcessPoolExecutor(workers, mp_context=mpx_context())
+
+
+class StdExecutorMpxContext(_ExecutorAdapter):
     """The stdlib's ProcessPoolExecutor with an mpx context as mp_context."""
 
     def start(self, workers):
@@ -623,7 +631,8 @@ class Mpire(_PoolAdapter):
 
 ADAPTERS = {
     "mpx.Pool": MpxPool,
-    "mpx.ProcessPoolExecutor": MpxExecutor,
+    "mpx.futures.ProcessPoolExecutor": MpxExecutor,
+    "mp.ProcessPoolExecutor(mpx context)": StdExecutorMpxContext,
     "mp.Pool": StdPool,
     "mp.ProcessPoolExecutor": StdExecutor,
     "loky": Loky,

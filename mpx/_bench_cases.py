@@ -165,7 +165,8 @@ def _build():
     add(_case("executor-map", "ProcessPoolExecutor(2, mp_context=...).map(f, range(n)), "
               "trivial f", unit="tasks/s", peers=("mp.ProcessPoolExecutor", "loky"),
               quick=True, op="map", chunksize=1,
-              **dict(pool, mpx=("mpx.ProcessPoolExecutor",))))
+              **dict(pool, mpx=("mpx.futures.ProcessPoolExecutor",
+                                "mp.ProcessPoolExecutor(mpx context)"))))
     # The ceiling the targets use: one core copying a buffer far larger than
     # the caches. A 1 MiB message can move faster than that (it stays in
     # cache), so the in-cache figure is measured too, for the reader.

@@ -1037,6 +1037,22 @@ class _Core:
         if wake:
             self.wake()
 
+    def abandon(self, feeder):
+        """The consumer of an imap job went away (mpx.futures' map closed
+        early): read no more of its input. What was queued still runs."""
+        with self.lock:
+            if feeder.done:
+                return
+            feeder.done = True
+            try:
+                self.feeders.remove(feeder)
+            except ValueError:
+                pass
+            done = [feeder.job] if feeder.finish() else []
+            self._maybe_shut_locked()
+        self._complete(done)
+        self.wake()
+
     def credit_locked(self, feeder):
         """imap's consumer took a result: one more task may be fed. True if
         the handler waits for that."""
@@ -1765,20 +1781,29 @@ class Pool:
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, buffersize)
 
     def _imap(self, cls, func, iterable, chunksize, buffersize):
+        result = self._imap_chunks(cls, func, iterable, chunksize, buffersize)
+        if chunksize == 1:
+            return result
+        return (item for chunk in result for item in chunk)
+
+    def _imap_chunks(self, cls, func, iterable, chunksize, buffersize, star=False):
+        """Start an imap job; its iterator yields one result per chunk (a
+        list for chunksize > 1). `star`: call func(*item) (mpx.futures' map)."""
         self._check_running()
         _check_chunksize(chunksize)
         _check_buffersize(buffersize)
         core = self._core
         fbytes = core.dump_func(func)
         result = cls(self)
-        feeder = _Feeder(result, fbytes, _CALL_ONE if chunksize == 1 else _CALL_MAP,
-                         _chunks(iterable, chunksize), buffersize)
+        if star:
+            call = _CALL_STAR if chunksize == 1 else _CALL_STARMAP
+        else:
+            call = _CALL_ONE if chunksize == 1 else _CALL_MAP
+        feeder = _Feeder(result, fbytes, call, _chunks(iterable, chunksize), buffersize)
         result._feeder = feeder
         core.start_job(result, feeder,
                        sync=buffersize is None and type(iterable) in (list, tuple))
-        if chunksize == 1:
-            return result
-        return (item for chunk in result for item in chunk)
+        return result
 
     def close(self):
         """No more tasks; the workers exit once every submitted task is done."""

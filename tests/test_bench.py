@@ -201,12 +201,12 @@ def test_missing_pool_peer_is_reported(monkeypatch):
     monkeypatch.setitem(cases_mod.PEERS, "loky",
                         ("mpx_no_such_module", "loky", "not installed here"))
     results = _bench.run(cases="executor-map", smoke=True,
-                         contenders="loky,mp.ProcessPoolExecutor,mpx.ProcessPoolExecutor")
+                         contenders="loky,mp.ProcessPoolExecutor,mpx.futures.ProcessPoolExecutor")
     rows = {c["name"]: c for c in _case(results, "executor-map")["contenders"]}
     assert rows["loky"]["status"] == "missing"
     assert "loky is not installed" in rows["loky"]["reason"]
     assert rows["mp.ProcessPoolExecutor"]["status"] == "ok"
-    assert rows["mpx.ProcessPoolExecutor"]["status"] == "ok"
+    assert rows["mpx.futures.ProcessPoolExecutor"]["status"] == "ok"
     assert "loky: missing" in _bench.format_table(results)
 
 
