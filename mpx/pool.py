@@ -1623,6 +1623,13 @@ def _check_buffersize(buffersize):
         raise ValueError("buffersize must be None or > 0")
 
 
+# The stdlib Pool's private hooks that its subclasses override.
+_STDLIB_PRIVATE = ("_setup_queues", "_repopulate_pool_static", "_maintain_pool",
+                   "_handle_workers", "_handle_tasks", "_handle_results",
+                   "_join_exited_workers", "_terminate_pool", "_help_stuff_finish",
+                   "_get_sentinels", "_get_worker_sentinels", "_wait_for_updates")
+
+
 class Pool:
     """A pool of worker processes: ``multiprocessing.pool.Pool``'s API and
     semantics, over mpx queues (see the module's notes).
@@ -1636,6 +1643,19 @@ class Pool:
     @staticmethod
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
+
+    def __init_subclass__(cls, **kwargs):
+        # A subclass that overrides the stdlib Pool's private machinery
+        # (joblib's pools override _setup_queues to install their pickling
+        # reducers) would be silently ignored here: say so at once.
+        super().__init_subclass__(**kwargs)
+        for name in _STDLIB_PRIVATE:
+            if name in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__qualname__} overrides {name}, a private method of "
+                    f"multiprocessing.pool.Pool that mpx.pool.Pool does not have (it "
+                    f"moves tasks over mpx queues); subclass multiprocessing.pool.Pool "
+                    f"for that")
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, backend=None, serializer=None):

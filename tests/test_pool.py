@@ -529,3 +529,19 @@ def test_workers_exit_when_the_pools_process_is_killed():
     pids = [int(x) for x in out.stdout.split()]
     assert len(pids) == 2
     assert wait_for(lambda: not any(_not_zombie(pid) for pid in pids), timeout=10)
+
+
+def test_a_subclass_overriding_the_stdlib_pools_internals_is_refused():
+    # Such a subclass (joblib's pools override _setup_queues) would be
+    # silently ignored: mpx's Pool has no such hook.
+    with pytest.raises(TypeError, match="_setup_queues.*subclass multiprocessing.pool.Pool"):
+        class Custom(mpx.pool.Pool):
+            def _setup_queues(self):
+                pass
+
+    class Fine(mpx.pool.Pool):          # a public override is fine
+        def map(self, func, iterable, chunksize=None):
+            return super().map(func, iterable, chunksize)
+
+    with Fine(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
