@@ -40,9 +40,7 @@ NO_TESTS = 77
 # plain TestCase's own name), grouped by what they exercise. Names absent
 # from the installed Python's test module are reported and skipped.
 CLASSES = {
-    # (TestSimpleQueue too, once the shm SimpleQueue has the private
-    # ``_writer`` whose ``closed`` its test_closed reads.)
-    "Queue": ["WithProcessesTestQueue"],
+    "Queue": ["WithProcessesTestQueue", "TestSimpleQueue"],
     "Connection": ["WithProcessesTestConnection"],
     "Poll": ["WithProcessesTestPoll"],
     "PicklingConnections": ["WithProcessesTestPicklingConnections"],

@@ -888,3 +888,33 @@ def test_inf_and_huge_timeouts_wait_for_ever_and_negatives_do_not_wait():
     with pytest.raises(TypeError, match="timeout must be"):
         q.get(timeout="1")
     q.close()
+
+
+@pytest.mark.parametrize("family", ["Queue", "JoinableQueue"])
+def test_closed_queue_empty_is_true_until_used_then_raises(family):
+    # As the stdlib's (CPython 3.13's test_closed_queue_empty_exceptions):
+    # closing an unused queue leaves empty() True; once something was put,
+    # a closed queue raises an error that is both OSError and ValueError.
+    q = getattr(mpx, family)(backend="shm")
+    q.close()
+    assert q.empty()
+    q = getattr(mpx, family)(backend="shm")
+    q.put("x")
+    q.close()
+    with pytest.raises(OSError, match="is closed") as info:
+        q.empty()
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ValueError, match="is closed"):
+        q.put("y")
+
+
+def test_closed_simple_queue_raises_from_empty_and_its_ends_say_closed():
+    q = mpx.SimpleQueue(backend="shm")
+    writer, reader = q._writer, q._reader
+    writer.send(5)
+    assert reader.recv() == 5
+    assert not writer.closed and not reader.closed
+    q.close()
+    assert writer.closed and reader.closed
+    with pytest.raises(OSError, match="is closed"):
+        q.empty()

@@ -96,6 +96,12 @@ _QueueRings = object if _ring is None else _ring.QueueRings
 
 
 
+class QueueClosedError(ValueError, OSError):
+    """A call on a queue this process closed: a ValueError, as mpx's closed
+    objects raise, and an OSError, as the stdlib's queue raises from
+    ``empty()`` once closed (its read end is a closed connection)."""
+
+
 def unavailable():
     if sys.platform != "linux":
         return "needs Linux (memfd, futexes, robust process-shared mutexes)"
@@ -451,6 +457,8 @@ class _RingQueue(_QueueRings):
     """What every shm queue shares: the ring, serialization, names, pickling."""
 
     _family = "Queue"
+    _ring = None
+    _used_when_closed = True    # set by close(): had anything been put?
 
     def __init__(self, ctx=None, maxsize=0, *, serializer=None, capacity=None, name=None,
                  inline_max=None, spin=None, area=None, area_backlog=None, mode=0o600):
@@ -580,6 +588,12 @@ class _RingQueue(_QueueRings):
             reader = self.__dict__["_reader_end"] = _Reader(self)
         return reader
 
+    @property
+    def _writer(self):
+        """The write end's face, for code written for a stdlib queue:
+        ``send(obj)`` (put) and ``closed``."""
+        return _Writer(self)
+
     def _fileno(self):
         ring = self._live_ring()
         if not self._watched():
@@ -621,7 +635,7 @@ class _RingQueue(_QueueRings):
     def _live_ring(self):
         ring = self._ring
         if ring is None:
-            raise ValueError(f"{self!r} is closed")
+            raise QueueClosedError(f"{self!r} is closed")
         return ring
 
     # ------------------------------------------------------- the API
@@ -709,6 +723,10 @@ class _RingQueue(_QueueRings):
 
     def empty(self):
         """True when no item waits now (exact, as :meth:`qsize`)."""
+        if self._ring is None and not self._used_when_closed:
+            # As the stdlib's (Python 3.13 tests it): a queue closed before
+            # anything was put in it is still empty.
+            return True
         return self.qsize() == 0
 
     def full(self):
@@ -742,6 +760,8 @@ class _RingQueue(_QueueRings):
         using it; the memory goes when no process holds it). Later calls on
         this object raise ValueError."""
         ring, self._ring = self._ring, None
+        if ring is not None:
+            self._used_when_closed = ring.info()["put_count"] != 0 or bool(self._stash)
         self._unbind()
         watch, self._watch = self._watch, None
         if watch is not None:
@@ -832,6 +852,11 @@ class ShmSimpleQueue(_RingQueue):
 
     _family = "SimpleQueue"
 
+    def empty(self):
+        """True when no item waits now (exact, as :meth:`qsize`). Once
+        closed, it raises, used or not (as the stdlib's SimpleQueue)."""
+        return self.qsize() == 0
+
     def __init__(self, ctx=None, *, serializer=None, capacity=None, name=None,
                  inline_max=None, spin=None, area=None, area_backlog=None, mode=0o600):
         super().__init__(ctx, 0, serializer=serializer, capacity=capacity, name=name,
@@ -869,6 +894,27 @@ class _Reader:
 
     def __repr__(self):
         return f"<reader of {self._queue!r}>"
+
+
+class _Writer:
+    """An shm queue's ``_writer`` (see _RingQueue._writer)."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def send(self, obj):
+        """The queue's put()."""
+        self._queue.put(obj)
+
+    @property
+    def closed(self):
+        """True once the queue was closed in this process."""
+        return self._queue._ring is None
+
+    def __repr__(self):
+        return f"<writer of {self._queue!r}>"
 
 
 def _forget_all(bare):
