@@ -78,7 +78,7 @@ from multiprocessing.pool import (CLOSE, INIT, RUN, TERMINATE, ExceptionWithTrac
                                   rebuild_exc, starmapstar, worker)
 from queue import Empty, Full as _Full
 
-from . import _serial
+from . import _aio, _serial
 from . import backends as _registry
 from ._timeouts import seconds as _seconds
 from .queues import ShutDown
@@ -498,6 +498,7 @@ class ApplyResult:
         self._success = None
         self._value = None
         self._finished = False       # the outcome is known (set under the pool's lock)
+        self._async_waiters = []     # (loop, future) of coroutines awaiting it
 
     def ready(self):
         """True once the task has finished (or failed)."""
@@ -523,6 +524,16 @@ class ApplyResult:
         if self._success:
             return self._value
         raise self._value
+
+    def __await__(self):
+        """``await result``: get() for coroutines, without blocking the loop
+        (cancelling the await does not cancel the task)."""
+        return self._get_async().__await__()
+
+    async def _get_async(self):
+        if not self._event.is_set():
+            await _aio.wait_until(self._async_waiters, self._event.is_set)
+        return self.get(0)
 
     # --- called by the pool (under its lock unless said otherwise)
 
@@ -554,6 +565,7 @@ class ApplyResult:
         if callback is not None:
             _call_back(callback, self._value)
         self._event.set()
+        _aio.wake_all(self._async_waiters)
         self._pool = None
 
     __class_getitem__ = classmethod(types.GenericAlias)
@@ -633,9 +645,27 @@ class IMapIterator:
         self._taken = 0
         self._feeder = None
         self._finished = False
+        self._async_waiters = []            # (loop, future) of coroutines waiting
 
     def __iter__(self):
         return self
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        """The next result for ``async for``, without blocking the loop."""
+        while True:
+            try:
+                return self.next(0)
+            except TimeoutError:
+                pass
+            except StopIteration:
+                raise StopAsyncIteration from None
+            await _aio.wait_until(self._async_waiters, self._has_news)
+
+    def _has_news(self):
+        return bool(self._items) or (self._length is not None and self._taken >= self._length)
 
     def next(self, timeout=None):
         """The next result (raising the task's exception if it failed)."""
@@ -689,6 +719,7 @@ class IMapIterator:
             self._items.append((ok, value))
             self._index += 1
             self._cond.notify()
+        _aio.wake_all(self._async_waiters)
         if self._length is not None and self._index >= self._length:
             self._retire()
         return False
@@ -698,12 +729,14 @@ class IMapIterator:
         if self._index >= length:
             self._retire()
         self._cond.notify_all()
+        _aio.wake_all(self._async_waiters)
         return False
 
     def _retire(self):
         self._finished = True
         self._cache.pop(self._job, None)
         self._cond.notify_all()
+        _aio.wake_all(self._async_waiters)
 
     def _fail(self, exc):
         if self._finished:
@@ -723,6 +756,36 @@ class IMapUnorderedIterator(IMapIterator):
     """What ``imap_unordered`` returns: results as they come."""
 
     _ordered = False
+
+
+class _Flattened:
+    """What imap/imap_unordered return for chunksize > 1: the items of each
+    chunk's result list, with ``next(timeout)`` and ``async for`` as the
+    chunksize-1 iterators have."""
+
+    def __init__(self, chunks):
+        self._chunks = chunks
+        self._rest = iter(())
+
+    def __iter__(self):
+        return self
+
+    def next(self, timeout=None):
+        while True:
+            for item in self._rest:
+                return item
+            self._rest = iter(self._chunks.next(timeout))
+
+    __next__ = next
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while True:
+            for item in self._rest:
+                return item
+            self._rest = iter(await self._chunks.__anext__())
 
 
 # ------------------------------------------------------------ the feeding
@@ -1804,7 +1867,7 @@ class Pool:
         result = self._imap_chunks(cls, func, iterable, chunksize, buffersize)
         if chunksize == 1:
             return result
-        return (item for chunk in result for item in chunk)
+        return _Flattened(result)
 
     def _imap_chunks(self, cls, func, iterable, chunksize, buffersize, star=False):
         """Start an imap job; its iterator yields one result per chunk (a

@@ -112,8 +112,10 @@ STUBTEST_ALLOWLIST = r"""
 # multiprocessing): the whole point of the typed names.
 mpx\.(Queue|SimpleQueue|JoinableQueue|PriorityQueue)
 # Its metaclass makes Connection(handle) a stdlib connection and widens
-# isinstance(); the stub declares the plain class.
+# isinstance(); the stub declares the plain class, with the awaitable
+# methods every end from mpx.Pipe() has (a Connection(handle) has not).
 mpx\.connection\.Connection
+mpx\.connection\.Connection\.(recv_async|send_async|poll_async)
 # Registered manager methods are (self, *args, **kwds) at run time; the stub
 # keeps typeshed's precise parameters.
 mpx\.managers\.SyncManager\.\w+

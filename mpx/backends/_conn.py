@@ -10,22 +10,24 @@ Pickling hands the descriptors over with the stdlib's ``DupFd``, which works
 both for a child being spawned and, later, through any queue or pipe.
 """
 
+import collections
 import copyreg
 import errno
 import multiprocessing.connection as _mpc
 import os
 import stat
+import struct
 
 from multiprocessing import reduction
 
-from .. import _serial
+from .. import _aio, _serial
 from .._serial import loads_custom, wire_bytes
 from .._timeouts import seconds
 
 __all__ = ["SerializedConnection"]
 
 
-class SerializedConnection(_mpc.Connection):
+class SerializedConnection(_aio.AsyncConnectionMixin, _mpc.Connection):
     """A stdlib Connection speaking mpx's serializer.
 
     `handle` is the descriptor read from (and written to, unless
@@ -40,6 +42,10 @@ class SerializedConnection(_mpc.Connection):
         # Pickle serializers read a memoryview of the message as it is; a
         # custom one gets bytes (or text: see loads_custom).
         self._custom = not isinstance(serializer, _serial.PickleSerializer)
+        # Messages recv_async read whole but did not return (it was
+        # cancelled): (ok, BytesIO of the data or the error), for the
+        # next receive.
+        self._aio_stash = collections.deque()
 
     def send(self, obj):
         self._check_closed()
@@ -47,8 +53,46 @@ class SerializedConnection(_mpc.Connection):
         data = self._serializer.dumps(obj)
         self._send_bytes(data if type(data) is bytes else wire_bytes(self._serializer, data))
 
+    async def _aio_send(self, obj):
+        # (mpx._aio) The stdlib's framing, written without blocking the loop.
+        self._check_closed()
+        self._check_writable()
+        data = self._serializer.dumps(obj)
+        if type(data) is not bytes:
+            data = wire_bytes(self._serializer, data)
+        n = len(data)
+        if n > 0x7fffffff:
+            header = struct.pack("!i", -1) + struct.pack("!Q", n)
+        else:
+            header = struct.pack("!i", n)
+        fd = self._handle if self._write_handle is None else self._write_handle
+        await _aio.write_frame(fd, [header + data] if n <= 16384 else [header, data])
+
     def poll(self, timeout=0.0):
+        if self._aio_stash:
+            self._check_closed()
+            self._check_readable()
+            return True
         return super().poll(seconds(timeout, what="poll's timeout"))
+
+    def _recv_bytes(self, maxsize=None):
+        if self._aio_stash:
+            ok, value = self._aio_stash.popleft()
+            if not ok:
+                raise value
+            if maxsize is not None and len(value.getbuffer()) > maxsize:
+                raise OSError("bad message length")
+            return value
+        return super()._recv_bytes(maxsize)
+
+    async def recv_async(self):
+        # (mpx._aio) A message is read whole without blocking the loop, into
+        # the stash, then returned as recv() would.
+        self._check_closed()
+        self._check_readable()
+        if not self._aio_stash:
+            await _aio.read_frame(self._handle, self._aio_stash)
+        return self.recv()
 
     def recv(self):
         self._check_closed()

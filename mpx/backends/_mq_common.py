@@ -64,6 +64,7 @@ import time
 import weakref
 
 from .. import _names, _timeouts, _trust
+from .._aio import AsyncQueueMixin
 from .._ext.ring import RingClosed, dumps_compact, loads_compact
 from .._ext.sync import SharedWord
 from .._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
@@ -742,7 +743,7 @@ def _no_compact(obj):
     return None
 
 
-class MessageQueueBase:
+class MessageQueueBase(AsyncQueueMixin):
     """The queue API over one kernel message queue.
 
     A backend subclass sets ``_backend`` and provides ``_send(frame, prio,
@@ -761,6 +762,12 @@ class MessageQueueBase:
 
     _backend = "?"
     _family = "Queue"
+
+    def _aio_fd(self):
+        # (mpx._aio) No descriptor (SysV): coroutines are woken by the
+        # poller thread; PosixQueue has one.
+        self._check_open()
+        return None
 
     # -- set-up ---------------------------------------------------------
 

@@ -24,6 +24,7 @@ import socket
 
 from .. import _serial
 from .._serial import loads_custom, wire_bytes
+from .._aio import AsyncQueueMixin
 from .._timeouts import seconds
 from ._conn import SerializedConnection
 
@@ -32,7 +33,7 @@ from ._conn import SerializedConnection
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pipe", "Pool")
 
 
-class _Serialized:
+class _Serialized(AsyncQueueMixin):
     """Mixin for the queue classes: (de)serialize around the stdlib's put/get.
 
     The stdlib pickles what it is given; given bytes, that is one cheap
@@ -78,6 +79,10 @@ class _Serialized:
         base, self._serializer = state
         super().__setstate__(base)
 
+    def _aio_fd(self):
+        # (mpx._aio) the pipe's read end: readable while bytes wait.
+        return self._reader.fileno()
+
 
 class PipeQueue(_Serialized, _mpq.Queue):
     """``multiprocessing.Queue`` with mpx serialization."""
@@ -87,7 +92,7 @@ class PipeJoinableQueue(_Serialized, _mpq.JoinableQueue):
     """``multiprocessing.JoinableQueue`` with mpx serialization."""
 
 
-class PipeSimpleQueue(_mpq.SimpleQueue):
+class PipeSimpleQueue(AsyncQueueMixin, _mpq.SimpleQueue):
     """``multiprocessing.SimpleQueue`` with mpx serialization."""
 
     def put(self, obj):
@@ -98,9 +103,34 @@ class PipeSimpleQueue(_mpq.SimpleQueue):
     def get(self):
         with self._rlock:
             data = self._reader.recv_bytes()
+        return self._load(data)
+
+    def _load(self, data):
         if isinstance(self._serializer, _serial.PickleSerializer):
             return self._serializer.loads(data)
         return loads_custom(self._serializer, data)
+
+    # (mpx._aio) A SimpleQueue has no get_nowait: take the read lock and a
+    # waiting message only if both are there now.
+    def _aio_get(self):
+        if not self._rlock.acquire(False):
+            raise _mpq.Empty
+        try:
+            if not self._reader.poll(0):
+                raise _mpq.Empty
+            data = self._reader.recv_bytes()
+        finally:
+            self._rlock.release()
+        return self._load(data)
+
+    def _aio_put(self, obj):
+        self.put(obj)
+
+    def _aio_fd(self):
+        return self._reader.fileno()
+
+    def _aio_closed(self):
+        return self._reader.closed
 
     def put_many(self, objs):
         """Put every object of `objs` in order, serialized before any is sent."""

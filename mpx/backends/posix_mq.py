@@ -495,6 +495,11 @@ class PosixQueue(MessageQueueBase):
         # The opener's mode travels too: a child accepts what its parent did.
         return (self.name, self.anonymous, self._res.mode)
 
+    def _aio_fd(self):
+        # (mpx._aio) readable while a message waits.
+        self._check_open()
+        return self._fd
+
     # Every descriptor is opened O_NONBLOCK and waits happen in poll(2) on it
     # (an mqd is a pollable descriptor on Linux). posix_ipc's own blocking
     # calls run the signal handlers themselves and then discard whatever

@@ -61,6 +61,7 @@ from .. import _serial
 from .. import _trust
 from . import _ring_codec, _ring_watch
 from .. import _timeouts
+from .._aio import AsyncQueueMixin
 from ..queues import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
@@ -453,7 +454,7 @@ if hasattr(os, "register_at_fork"):
 
 # ------------------------------------------------------------- the queues
 
-class _RingQueue(_QueueRings):
+class _RingQueue(_QueueRings, AsyncQueueMixin):
     """What every shm queue shares: the ring, serialization, names, pickling."""
 
     _family = "Queue"
@@ -593,6 +594,13 @@ class _RingQueue(_QueueRings):
         """The write end's face, for code written for a stdlib queue:
         ``send(obj)`` (put) and ``closed``."""
         return _Writer(self)
+
+    # (the awaitable face, see mpx._aio)
+    def _aio_fd(self):
+        return self._fileno()
+
+    def _aio_closed(self):
+        return self._ring is None
 
     def _fileno(self):
         ring = self._live_ring()

@@ -36,11 +36,12 @@ Messages in the ring: see ``_ring_codec`` (shared with the shm queues);
 two apart either.
 """
 
+import errno
 from multiprocessing import reduction
 
 from . import _ring_channel, _ring_codec
 from ._ring_codec import TAG_PICKLE, TAG_TEXT
-from .. import _serial, _timeouts
+from .. import _aio, _serial, _timeouts
 from .._ext.ring import conn_recv, conn_send
 
 __all__ = ["FAMILIES", "Pipe", "Connection", "unavailable"]
@@ -57,7 +58,7 @@ def _buffer_too_short(data):
     return BufferTooShort(data)
 
 
-class Connection:
+class Connection(_aio.AsyncConnectionMixin):
     """One end of an shm Pipe (``multiprocessing.connection.Connection`` API)."""
 
     def __init__(self, chan, readable, writable, serializer):
@@ -253,6 +254,19 @@ class Connection:
         if timeout is not None:
             timeout = _timeouts.seconds(timeout)
         return chan.poll(timeout)
+
+    async def _aio_send(self, obj):
+        # (mpx._aio) A put that does not wait, retried while the ring is
+        # full; a reader gone meanwhile ends it, as in send().
+        chan = self._writer()
+        await _aio.retry_while_full(lambda: self._writer().out_ring.put_obj(obj, False),
+                                    chan._full, check=lambda: self._check_peer(chan))
+
+    @staticmethod
+    def _check_peer(chan):
+        if not chan.peer_alive():
+            raise BrokenPipeError(errno.EPIPE, "the other end of the pipe is closed "
+                                  "(no reader)")
 
     # --------------------------------------------------------------- descriptors
 
