@@ -49,6 +49,8 @@ BACKENDS = {
              ("mpx.backends.unix",)),
     "tcp": ("Manager RPC over TCP (optionally TLS)",
             ("mpx.backends.tcp",)),
+    "ray": ("a Ray cluster: queues in actors, a pool of worker actors",
+            ("mpx.backends.ray",)),
 }
 
 # Fastest first: a family's default is the first available backend here that
@@ -58,12 +60,12 @@ BACKENDS = {
 # queues' ``_reader`` has a descriptor for that, so shm is the default here
 # too.)
 PREFERENCE = {
-    "Queue": ("shm", "pipe", "posix", "sysv"),
-    "SimpleQueue": ("shm", "pipe", "posix", "sysv"),
-    "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
+    "Queue": ("shm", "pipe", "posix", "sysv", "ray"),
+    "SimpleQueue": ("shm", "pipe", "posix", "sysv", "ray"),
+    "JoinableQueue": ("shm", "pipe", "posix", "sysv", "ray"),
     "PriorityQueue": ("shm", "posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),
-    "Pool": ("shm", "pipe"),
+    "Pool": ("shm", "pipe", "ray"),
     "SharedArray": ("posix", "sysv", "file"),
     "Manager": ("shm", "unix", "tcp", "pipe"),
 }
