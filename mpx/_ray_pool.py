@@ -44,7 +44,7 @@ from multiprocessing.pool import CLOSE, RUN, TERMINATE
 
 from . import _serial
 from . import pool as _pool
-from .backends.ray import _runtime
+from .backends.ray import _portable, _runtime
 
 __all__ = ["RayCore"]
 
@@ -152,6 +152,9 @@ class RayCore(_pool._Core):
             # lambda or closure works (cloudpickle fallback).
             self.initializer = None if initializer is None else self.ser.dumps(initializer)
             self.initargs = tuple(initargs)
+            if self.initializer is not None:
+                _portable.check(self.initializer, "the pool's initializer")
+                _portable.check(self.ser.dumps(self.initargs), "the pool's initargs")
             options = {"num_cpus": min(1.0, int(cpus / processes * 1e4) / 1e4) if cpus else 0}
             options.update(ray_remote_args or {})
             self.options = options
@@ -193,12 +196,22 @@ class RayCore(_pool._Core):
     def dump_func(self, func):
         # Workers on other machines have no __main__ of ours: a function
         # defined there travels by value.
+        data = None
         if self.raw and getattr(func, "__module__", None) == "__main__":
             try:
-                return _serial.get_serializer("cloudpickle").dumps(func)
+                data = _serial.get_serializer("cloudpickle").dumps(func)
             except Exception:
                 pass
-        return self.ser.dumps(func)
+        if data is None:
+            data = self.ser.dumps(func)
+        _portable.check(data, "the function given to the pool")
+        return data
+
+    def wrap(self, call, payload):
+        kind, payload = super().wrap(call, payload)
+        if kind & 1:
+            _portable.check(payload, "a task's arguments")
+        return kind, payload
 
     # ------------------------------------------------------ dispatching
 

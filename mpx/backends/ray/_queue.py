@@ -36,7 +36,7 @@ import uuid
 
 from ..._timeouts import seconds
 from ...queues import Empty, Full, ShutDown
-from . import _runtime
+from . import _portable, _runtime
 
 __all__ = ["RayQueue", "RaySimpleQueue", "RayJoinableQueue", "make", "NAMESPACE"]
 
@@ -311,7 +311,9 @@ class RayQueue:
         None); queue.Full when there is none in time, ShutDown after
         shutdown()."""
         self._check_open()
-        self._put([self._dumps(obj)], block, timeout)
+        data = self._dumps(obj)
+        _portable.check(data, "the item put in a ray queue")
+        self._put([data], block, timeout)
 
     def get(self, block=True, timeout=None):
         """Remove and return the next item; queue.Empty when none comes in
@@ -330,7 +332,10 @@ class RayQueue:
         put). queue.Full (or ShutDown) with ``put_count``, the number that
         went in (those stay), when room does not come in time."""
         self._check_open()
-        self._put([self._dumps(o) for o in objs], block, timeout)
+        datas = [self._dumps(o) for o in objs]
+        for data in datas:
+            _portable.check(data, "an item put in a ray queue")
+        self._put(datas, block, timeout)
 
     def get_many(self, max_items=None, block=True, timeout=None):
         """Wait like get() for the first item, then take what else is there,
