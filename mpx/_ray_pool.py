@@ -92,10 +92,11 @@ def _worker(ray):
 class _Slot:
     """One worker actor and what the core knows of it."""
 
-    __slots__ = ("actor", "calls", "take", "sent", "pid", "retiring")
+    __slots__ = ("actor", "ready", "calls", "take", "sent", "pid", "retiring")
 
     def __init__(self, actor):
         self.actor = actor
+        self.ready = False      # placed and constructed: calls go only to ready actors
         self.calls = 0          # calls not answered yet
         self.take = 1           # tasks to put in its next call
         self.sent = 0           # tasks sent to it (for maxtasksperchild)
@@ -139,7 +140,8 @@ class RayCore(_pool._Core):
         self.tasks = self.results = None
         self.wake_r = self.wake_w = None
         self.done_q = _queue.SimpleQueue()   # (slot, msgs, future) of answered calls
-        self.calls = {}                      # future -> (slot, seqs)
+        self.calls = {}                      # future -> (index, slot, seqs) of a batch
+        self.readying = {}                   # future -> slot, of actors being made
         self.released = False
         self.ray = _runtime.acquire(ray_address)
         try:
@@ -173,6 +175,12 @@ class RayCore(_pool._Core):
             self.ser, self.initializer, self.initargs)
         slot = _Slot(actor)
         self.pool_list.append(slot)
+        # Tasks go to an actor only once it exists: a replacement that Ray
+        # cannot place (its node was lost and no CPU is free) must not hold
+        # tasks that the live actors could run.
+        future = actor.__ray_ready__.remote().future()
+        self.readying[future] = slot
+        future.add_done_callback(self.done_q.put)
         return slot
 
     def _replace_locked(self, i):
@@ -223,12 +231,12 @@ class RayCore(_pool._Core):
             return True
         while backlog:
             free = [(s.calls, i) for i, s in enumerate(self.slots)
-                    if s is not None and not s.retiring and s.calls < _PIPELINE]
+                    if s is not None and s.ready and not s.retiring and s.calls < _PIPELINE]
             if not free:
                 return False
             _, i = min(free)
             slot = self.slots[i]
-            live = sum(1 for s in self.slots if s is not None) or 1
+            live = sum(1 for s in self.slots if s is not None and s.ready) or 1
             n = min(slot.take, max(1, len(backlog) // live))
             if self.maxtasks is not None:
                 n = min(n, self.maxtasks - slot.sent)
@@ -262,9 +270,30 @@ class RayCore(_pool._Core):
                 break
         out = []
         done = []
+        kill = False
         with self.lock:
             for future in futures:
                 if future is None:
+                    continue
+                slot = self.readying.pop(future, None)
+                if slot is not None:
+                    error = future.exception()
+                    if error is None:
+                        slot.ready = True
+                        self.init_deaths = 0
+                        continue
+                    # Ray could not make the actor. Again and again means it
+                    # never will (a runtime_env that fails, say): broken.
+                    self.init_deaths += 1
+                    if self.init_deaths >= max(3, 2 * self.processes):
+                        err = _pool.BrokenPoolError(
+                            f"Ray keeps failing to start the pool's worker actors "
+                            f"(the last: {type(error).__name__}: {error})")
+                        err.__cause__ = error
+                        done += self._break_locked(err)
+                        kill = True
+                    elif slot in self.slots:
+                        done += self._lost_locked(self.slots.index(slot), slot, [], error)
                     continue
                 entry = self.calls.pop(future, None)
                 if entry is None:
@@ -289,6 +318,8 @@ class RayCore(_pool._Core):
                 if slot.retiring and slot.calls == 0 and self.slots[i] is slot:
                     self._replace_locked(i)
         self._complete(done)
+        if kill:
+            self._kill_all()
         return out
 
     def _lost_locked(self, i, slot, seqs, error):
