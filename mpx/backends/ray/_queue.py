@@ -19,8 +19,8 @@ Facts this module is built on
   made with ``name=`` is detached (it outlives its creator until
   ``unlink()``); an anonymous one gets a unique name, is not detached, and
   Ray ends it with its creator (or when no handle to it is left).
-- The actor lives on the creator's node when it can. If that node is lost,
-  the queue is lost with it: calls then raise ConnectionError.
+- The actor lives on the creator's node. If that node is lost, the queue
+  is lost with it: calls then raise ConnectionError.
 - A caller that dies while the answer to its ``get`` is on its way loses
   those items (the killed process's own in-flight message, as for the local
   backends); items whose ``put`` returned are never lost while the actor
@@ -184,10 +184,13 @@ def _server(ray):
 
 
 def _local_node(ray):
-    # On the creator's node when it can be (soft), so its calls stay local.
+    # On the creator's node, so its calls stay local. Not "soft": with
+    # soft=True Ray 2.60 placed a zero-CPU actor on another node about half
+    # the time (measured with two nodes), and the queue then died with a
+    # node its creator never used.
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     node = ray.get_runtime_context().get_node_id()
-    return NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 def make(family, maxsize, serializer, name=None, create=True, address=None):
