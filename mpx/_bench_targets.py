@@ -73,4 +73,11 @@ TARGETS = [
     # executor on multiprocessing's context.
     {"case": "executor-map", "mpx": "mpx.ProcessPoolExecutor",
      "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
+    # Issue 15: the ray backend against Ray's own objects, in the same run.
+    {"issue": 15, "case": "ray-queue-small-batch", "mpx": "mpx.Queue[ray]",
+     "peer": "ray Queue", "at_least": 10.0},
+    {"issue": 15, "case": "ray-queue-small", "mpx": "mpx.Queue[ray]",
+     "peer": "ray Queue", "at_least": 1.0},
+    {"issue": 15, "case": "ray-pool-map-default", "mpx": "mpx.Pool[ray]",
+     "peer": "ray Pool", "at_least": 1.0},
 ]
