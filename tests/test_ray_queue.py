@@ -294,3 +294,21 @@ def test_fork_child_gets_a_clear_error(ray):
     assert "does not survive fork" in r.recv()
     p.join(10)
     assert p.exitcode == 0
+
+
+def test_spawned_child_joins_the_cluster_to_use_a_queue(ray):
+    # A child of another start method unpickles the queue by name and joins
+    # the cluster by itself (RAY_ADDRESS is not needed: the queue carries it).
+    import multiprocessing
+    q = mpx.Queue(backend="ray")
+    p = multiprocessing.get_context("spawn").Process(target=ray_tasks.put_later,
+                                                     args=(q, 0, "from a spawned child"))
+    p.start()
+    try:
+        assert q.get(timeout=60) == "from a spawned child"
+    finally:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    assert p.exitcode == 0
