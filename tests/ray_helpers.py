@@ -43,9 +43,19 @@ def _ray_processes(ray):
     return {p.pid for p in psutil.Process().children()}
 
 
+_started = []       # the instance, once a test module's copy of the fixture made it
+
+
 @pytest.fixture(scope="session")
 def ray_instance():
+    # Each test module imports this fixture, which makes it one fixture per
+    # module for pytest: the first starts Ray, the others reuse it, and the
+    # first one's teardown (at the end of the session) stops it.
     ray = ray_or_skip()
+    if _started:
+        yield ray
+        return
+    _started.append(True)
     import psutil
     before = {p.pid for p in psutil.Process().children()}
     path = os.environ.get("PYTHONPATH")
