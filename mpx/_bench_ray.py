@@ -48,12 +48,13 @@ def cases(make):
     """The Ray cases, made with the harness's case constructor."""
     # Calibrated (one more Ray start per contender) because Ray's queue and
     # mpx's batches differ a hundredfold; each timed run lasts about 1 s.
+    # Two of them in the smoke run (each measurement starts Ray: ~5 s).
     common = dict(kind="ray", families=(), quick=False, requires=REQUIRES,
                   max_reps=3, timeout=120.0, min_duration=1.0)
     return [
         make("ray-queue-small", "Ray: small objects, put then get, one by one",
              unit="msg/s", peers=("ray Queue",), mpx=("mpx.Queue[ray]",), op="one",
-             smoke=20, pilot=100, min=100, max=100_000, **common),
+             smoke=20, pilot=100, min=100, max=100_000, in_smoke=False, **common),
         make("ray-queue-small-batch", "Ray: small objects, put_many/get_many of 256",
              unit="msg/s", peers=("ray Queue", "ray Queue(batch)"),
              mpx=("mpx.Queue[ray]",), op="batch", batch=256, smoke=256, pilot=256,
@@ -61,7 +62,7 @@ def cases(make):
         make("ray-pool-map-default", "Ray: Pool(2).map(f, range(n)), default chunksize",
              unit="tasks/s", peers=("ray Pool",), mpx=("mpx.Pool[ray]",), op="map",
              chunksize=None, smoke=100, pilot=20_000, min=20_000, max=20_000_000,
-             **common),
+             in_smoke=False, **common),
         make("ray-pool-map-chunk1", "Ray: Pool(2).map(f, range(n), chunksize=1)",
              unit="tasks/s", peers=("ray Pool",), mpx=("mpx.Pool[ray]",), op="map",
              chunksize=1, smoke=50, pilot=500, min=500, max=1_000_000, **common),
