@@ -329,8 +329,9 @@ class RayCore(_pool._Core):
             return []
         pid = slot.pid
         where = f"pid {pid}" if pid else "its process"
-        what = (f"a worker of the pool (Ray actor, {where}) was lost "
-                f"({type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''})")
+        lines = str(error).strip().splitlines()
+        why = f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+        what = f"a worker of the pool (Ray actor, {where}) was lost ({why})"
         done = []
         for seq in seqs:
             entry = self.inflight.pop(seq, None)
