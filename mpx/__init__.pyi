@@ -198,7 +198,8 @@ def Manager(*, backend: str | None = None, address: Any = None, authkey: bytes |
 def Pool(processes: int | None = None, initializer: Callable[..., object] | None = None,
          initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
          context: Any | None = None, *, backend: str | None = None,
-         serializer: _SerializerSpec = None) -> _Pool: ...
+         serializer: _SerializerSpec = None, ray_address: str | None = None,
+         ray_remote_args: dict[str, Any] | None = None) -> _Pool: ...
 
 @overload
 def get_context(method: None = None) -> MpxContext: ...

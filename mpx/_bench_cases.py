@@ -42,6 +42,10 @@ PEERS = {
     "mpire": ("mpire", "mpire", "mpire.WorkerPool (fork, keep_alive)"),
 }
 
+# The Ray cases and peers live in their own module (mpx._bench_ray).
+from . import _bench_ray  # noqa: E402
+PEERS.update(_bench_ray.PEERS)
+
 _POOL_PEERS = ("mp.Pool", "mp.ProcessPoolExecutor", "loky", "mpire")
 
 _QUEUE_SMALL_PEERS = ("mp.Queue", "mp.SimpleQueue", "faster-fifo", "zmq PUSH/PULL",
@@ -176,6 +180,7 @@ def _build():
     add(_case("memcpy-1MiB", "memcpy of 1MiB (in cache), one core", "memcpy",
               (), "GB/s", (), True, payload="bytes", size=MiB, smoke=1, pilot=1,
               min=1, max=1, calibrate=False))
+    cases += _bench_ray.cases(_case)
     return cases
 
 
@@ -239,6 +244,8 @@ def mpx_backends(family):
     names += [n for n, r in rows.items() if family in r["families"] and n not in names]
     out = []
     for name in names:
+        if name == "ray":
+            continue    # measured in the ray-* cases (these fork, Ray does not)
         row = rows.get(name)
         if row is None:
             out.append((name, "not in this version's backend registry"))
@@ -253,6 +260,8 @@ def mpx_backends(family):
 
 def contenders(case, peers):
     """The case's contenders: [{name, adapter, backend, kind, unavailable}]."""
+    if case.get("requires") == _bench_ray.REQUIRES and _bench_ray.unavailable():
+        peers = dict(peers, **{p: _bench_ray.unavailable() for p in case["peers"]})
     out = []
     for family in case["families"]:
         for backend, reason in mpx_backends(family):
@@ -260,7 +269,8 @@ def contenders(case, peers):
                         "backend": backend, "side": "mpx", "unavailable": reason})
     for name in case["mpx"]:
         out.append({"name": name, "adapter": name, "backend": None, "side": "mpx",
-                    "unavailable": None})
+                    "unavailable": _bench_ray.unavailable()
+                    if case.get("requires") == _bench_ray.REQUIRES else None})
     if case["kind"] == "memcpy":
         out.append({"name": "numpy copy", "adapter": "numpy copy", "backend": None,
                     "side": "ceiling", "unavailable": None})

@@ -76,4 +76,11 @@ TARGETS = [
      "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
     {"case": "executor-map", "mpx": "mp.ProcessPoolExecutor(mpx context)",
      "peer": "mp.ProcessPoolExecutor", "at_least": 1.0},
+    # The ray backend against Ray's own objects, in the same run.
+    {"case": "ray-queue-small-batch", "mpx": "mpx.Queue[ray]",
+     "peer": "ray Queue", "at_least": 10.0},
+    {"case": "ray-queue-small", "mpx": "mpx.Queue[ray]",
+     "peer": "ray Queue", "at_least": 1.0},
+    {"case": "ray-pool-map-default", "mpx": "mpx.Pool[ray]",
+     "peer": "ray Pool", "at_least": 1.0},
 ]

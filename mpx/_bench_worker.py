@@ -142,6 +142,9 @@ def measure(job):
     kind = job["case"]["kind"]
     if _fault(job) == "stall":
         _stall(job)
+    if kind == "ray":
+        from . import _bench_ray
+        return _bench_ray.measure(job)
     return {"stream": _stream, "rtt": _rtt, "manager": _manager,
             "handoff": _handoff, "memcpy": _memcpy, "pool": _pool}[kind](job)
 

@@ -180,14 +180,18 @@ class _MpxFactories:
         return manager
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None,
-             context=None, *, backend=None, serializer=None):
+             context=None, *, backend=None, serializer=None, ray_address=None,
+             ray_remote_args=None):
         """mpx's process pool (:class:`mpx.pool.Pool`: the stdlib Pool's API,
         tasks and results over mpx queues). Its workers start with this
-        context's start method unless `context` names another."""
+        context's start method unless `context` names another.
+        ``backend="ray"``: the workers are Ray actors on the cluster at
+        `ray_address` (or ``$RAY_ADDRESS``, or a local instance)."""
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     self if context is None else context, backend=backend,
-                    serializer=serializer)
+                    serializer=serializer, ray_address=ray_address,
+                    ray_remote_args=ray_remote_args)
 
     def backends(self):
         """The registry table: see :func:`mpx.backends.backends`."""

@@ -159,7 +159,9 @@ class _MpxFactories(BaseContext):
         self, processes: int | None = None,
         initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
         maxtasksperchild: int | None = None, context: Any | None = None, *,
-        backend: str | None = None, serializer: _SerializerSpec = None) -> _MpxPool: ...
+        backend: str | None = None, serializer: _SerializerSpec = None,
+        ray_address: str | None = None,
+        ray_remote_args: dict[str, Any] | None = None) -> _MpxPool: ...
     def backends(self) -> BackendTable: ...
 
 

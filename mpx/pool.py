@@ -1721,17 +1721,26 @@ class Pool:
                     f"for that")
 
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None, *, backend=None, serializer=None):
+                 maxtasksperchild=None, context=None, *, backend=None, serializer=None,
+                 ray_address=None, ray_remote_args=None):
         # Attributes __del__ and __repr__ read exist even if this fails.
         self._pool = []
         self._core = None
         ctx = _mpx_context(context)
         self._ctx = ctx
-        if processes is None:
+        # backend="ray" has a core of its own (mpx._ray_pool): workers are
+        # Ray actors, and the default size is the cluster's CPUs.
+        core_class, extra = _Core, {}
+        if _registry.resolve("Pool", backend)[0] == "ray":
+            from ._ray_pool import RayCore as core_class
+            extra = {"ray_address": ray_address, "ray_remote_args": ray_remote_args}
+        elif ray_address is not None or ray_remote_args is not None:
+            raise TypeError("ray_address and ray_remote_args are for backend='ray'")
+        if processes is None and core_class is _Core:
             # (What the stdlib's uses: the CPUs this process may run on, 3.13+.)
             count = getattr(os, "process_cpu_count", os.cpu_count)
             processes = count() or 1
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:
             if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
@@ -1742,9 +1751,10 @@ class Pool:
         self._initializer = initializer
         self._initargs = initargs
         self._maxtasksperchild = maxtasksperchild
-        core = _Core(ctx, processes, initializer, initargs, maxtasksperchild, backend,
-                     serializer, self.Process)
+        core = core_class(ctx, processes, initializer, initargs, maxtasksperchild, backend,
+                          serializer, self.Process, **extra)
         self._core = core
+        self._processes = core.processes
         self._pool = core.pool_list
         self._backend = core.backend
         # As the stdlib's: terminated when collected or at exit.

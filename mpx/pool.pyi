@@ -86,6 +86,8 @@ class Pool:
         *,
         backend: str | None = None,
         serializer: _SerializerSpec = None,
+        ray_address: str | None = None,
+        ray_remote_args: dict[str, Any] | None = None,
     ) -> None: ...
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> _T: ...

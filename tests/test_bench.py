@@ -52,6 +52,8 @@ def test_smoke_case(smoke_results, name):
         else:
             problems.append(f"{c['name']}: {c.get('error')}\n{c.get('detail', '')}")
     assert not problems, "\n".join(problems)
+    if name.startswith("ray-") and all(c["status"] != "ok" for c in case["contenders"]):
+        pytest.skip(case["contenders"][0]["reason"])    # ray not installed
     # The stdlib peers always exist, so every case measured something real.
     assert any(c["status"] == "ok" for c in case["contenders"])
 

@@ -49,6 +49,8 @@ BACKENDS = {
              ("mpx.backends.unix",)),
     "tcp": ("Manager RPC over TCP (optionally TLS)",
             ("mpx.backends.tcp",)),
+    "ray": ("a Ray cluster: queues in actors, a pool of worker actors",
+            ("mpx.backends.ray",)),
 }
 
 # Fastest first: a family's default is the first available backend here that
@@ -58,12 +60,12 @@ BACKENDS = {
 # queues' ``_reader`` has a descriptor for that, so shm is the default here
 # too.)
 PREFERENCE = {
-    "Queue": ("shm", "pipe", "posix", "sysv"),
-    "SimpleQueue": ("shm", "pipe", "posix", "sysv"),
-    "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
+    "Queue": ("shm", "pipe", "posix", "sysv", "ray"),
+    "SimpleQueue": ("shm", "pipe", "posix", "sysv", "ray"),
+    "JoinableQueue": ("shm", "pipe", "posix", "sysv", "ray"),
     "PriorityQueue": ("shm", "posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),
-    "Pool": ("shm", "pipe"),
+    "Pool": ("shm", "pipe", "ray"),
     "SharedArray": ("posix", "sysv", "file"),
     "Manager": ("shm", "unix", "tcp", "pipe"),
 }
@@ -71,6 +73,9 @@ PREFERENCE = {
 ENV_VAR = "MPX_BACKEND"
 
 _loaded = {}
+# modname -> FAMILIES of a module that imports but is unavailable here (the
+# ray backend without Ray): $MPX_BACKEND naming it must fail, not fall back.
+_declared = {}
 
 
 def _load_module(modname):
@@ -89,6 +94,8 @@ def _load_module(modname):
             check = getattr(module, "unavailable", None)
             reason = check() if check is not None else None
             result = (None, reason) if reason else (module, None)
+            if reason:
+                _declared[modname] = tuple(getattr(module, "FAMILIES", ()))
         _loaded[modname] = result
     return _loaded[modname]
 
@@ -170,6 +177,13 @@ def default_backend(family):
                              f"choose one of {sorted(BACKENDS)}")
         if _module_for(forced, family) is not None:
             return forced
+        for modname in BACKENDS[forced][1]:
+            module, reason = _load_module(modname)
+            if module is None and family in _declared.get(modname, ()):
+                # The program asked to run on it: running elsewhere
+                # silently would be wrong.
+                raise ValueError(f"{ENV_VAR}={forced!r}: backend {forced!r} provides "
+                                 f"{family} but is not available here ({reason})")
     for name in PREFERENCE[family]:
         if name in BACKENDS and _module_for(name, family) is not None:
             return name

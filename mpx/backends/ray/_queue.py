@@ -1,0 +1,472 @@
+"""mpx queues whose items live in a Ray actor.
+
+Facts this module is built on
+-----------------------------
+- One actor per queue holds the items (bytes made by the mpx serializer in
+  the caller's process, so an object that cannot be serialized raises from
+  ``put`` and the queue is unchanged, and lambdas travel). It is an asyncio
+  actor: a ``get`` or ``put`` that must wait awaits there, while other
+  calls go on; the wait's deadline is kept by the actor, so a call always
+  comes back (with items, or saying Empty/Full/ShutDown) and the caller
+  never gives up on a call whose answer may hold items.
+- One actor call per ``put_many``/``get_many`` moves any number of items:
+  an actor call costs about a millisecond here, the items almost nothing,
+  which is why ``ray.util.queue.Queue`` (one call per item) is slow and the
+  batch calls are not.
+- Every queue is a *named* actor in the namespace ``"mpx"``, so a pickled
+  queue is just its name (and the cluster's address): it opens again in a
+  Ray task or actor, and in any process that can join the cluster. A queue
+  made with ``name=`` is detached (it outlives its creator until
+  ``unlink()``); an anonymous one gets a unique name, is not detached, and
+  Ray ends it with its creator (or when no handle to it is left).
+- The actor lives on the creator's node. If that node is lost, the queue
+  is lost with it: calls then raise ConnectionError.
+- A caller that dies while the answer to its ``get`` is on its way loses
+  those items (the killed process's own in-flight message, as for the local
+  backends); items whose ``put`` returned are never lost while the actor
+  lives. Ctrl-C during a waiting ``get`` cancels the call; items it had
+  already taken go back to the front of the queue.
+"""
+
+import asyncio
+import collections
+import os
+import time
+import uuid
+
+from ..._timeouts import seconds
+from ...queues import Empty, Full, ShutDown
+from . import _portable, _runtime
+
+__all__ = ["RayQueue", "RaySimpleQueue", "RayJoinableQueue", "make", "NAMESPACE"]
+
+NAMESPACE = "mpx"
+_PREFIX = "mpx-queue:"
+
+# Status words of the actor's answers.
+_OK, _EMPTY, _FULL, _SHUT = 0, 1, 2, 3
+
+_server_class = None
+
+
+class _QueueServer:
+    """The actor's body (wrapped with ``ray.remote`` on first use)."""
+
+    def __init__(self, family, maxsize):
+        self._family = family
+        self._maxsize = maxsize
+        self._items = collections.deque()
+        self._shut = False
+        self._unfinished = 0
+        self._changed = None        # asyncio.Condition, made in the actor's loop
+
+    def _cond(self):
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _wait(self, cond, deadline):
+        """Wait for a change; False once `deadline` (None: never) passed."""
+        if deadline is None:
+            await cond.wait()
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(cond.wait(), left)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _room(self):
+        if self._maxsize <= 0:
+            return None
+        return self._maxsize - len(self._items)
+
+    async def info(self):
+        return self._family, self._maxsize
+
+    async def put(self, items, timeout, count_tasks):
+        """Append `items`, waiting for room up to `timeout` (None: for
+        ever); returns (status, how many went in)."""
+        cond = self._cond()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = 0
+        async with cond:
+            while True:
+                if self._shut:
+                    return _SHUT, done
+                room = self._room()
+                n = len(items) - done if room is None else min(room, len(items) - done)
+                if n > 0:
+                    self._items.extend(items[done:done + n])
+                    if count_tasks:
+                        self._unfinished += n
+                    done += n
+                    cond.notify_all()
+                if done == len(items):
+                    return _OK, done
+                if not await self._wait(cond, deadline):
+                    return _FULL, done
+
+    async def get(self, max_items, timeout):
+        """Take up to `max_items` (None: all) items, waiting up to `timeout`
+        for the first; returns (status, items)."""
+        cond = self._cond()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with cond:
+            while not self._items:
+                if self._shut:
+                    return _SHUT, []
+                if not await self._wait(cond, deadline):
+                    return _EMPTY, []
+            items = self._items
+            n = len(items) if max_items is None else min(max_items, len(items))
+            out = [items.popleft() for _ in range(n)]
+            cond.notify_all()
+            return _OK, out
+
+    async def unget(self, items):
+        """Put back at the front what a cancelled get took."""
+        cond = self._cond()
+        async with cond:
+            self._items.extendleft(reversed(items))
+            cond.notify_all()
+
+    async def qsize(self):
+        return len(self._items)
+
+    async def full(self):
+        room = self._room()
+        return room is not None and room <= 0
+
+    async def shutdown(self, immediate):
+        cond = self._cond()
+        async with cond:
+            self._shut = True
+            if immediate:
+                self._unfinished = max(0, self._unfinished - len(self._items))
+                self._items.clear()
+            cond.notify_all()
+
+    async def is_shutdown(self):
+        return self._shut
+
+    async def task_done(self):
+        cond = self._cond()
+        async with cond:
+            if self._unfinished <= 0:
+                return False
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                cond.notify_all()
+            return True
+
+    async def join(self, timeout):
+        cond = self._cond()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with cond:
+            while self._unfinished:
+                if not await self._wait(cond, deadline):
+                    return False
+            return True
+
+
+def _server(ray):
+    global _server_class
+    if _server_class is None:
+        # Items wait in the actor, not CPUs: it takes no CPU, so a queue
+        # never waits for a free one. Async: up to 1000 calls wait at once.
+        _server_class = ray.remote(num_cpus=0, max_restarts=0,
+                                   max_concurrency=1000)(_QueueServer)
+    return _server_class
+
+
+def _local_node(ray):
+    # On the creator's node, so its calls stay local. Not "soft": with
+    # soft=True Ray 2.60 placed a zero-CPU actor on another node about half
+    # the time (measured with two nodes), and the queue then died with a
+    # node its creator never used.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    node = ray.get_runtime_context().get_node_id()
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+
+
+def make(family, maxsize, serializer, name=None, create=True, address=None):
+    """A new or existing queue of `family` ("Queue", "SimpleQueue",
+    "JoinableQueue")."""
+    maxsize = int(maxsize or 0)
+    cls = _CLASSES[family]
+    ray = _runtime.acquire(address)
+    try:
+        if name is None:
+            actor_name = _PREFIX + "anon-" + uuid.uuid4().hex
+            actor = _server(ray).options(
+                name=actor_name, namespace=NAMESPACE,
+                scheduling_strategy=_local_node(ray)).remote(family, maxsize)
+        else:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"a ray queue's name must be a non-empty str, not {name!r}")
+            actor_name = _PREFIX + name
+            if create:
+                actor = _server(ray).options(
+                    name=actor_name, namespace=NAMESPACE, lifetime="detached",
+                    get_if_exists=True,
+                    scheduling_strategy=_local_node(ray)).remote(family, maxsize)
+            else:
+                actor = _find(ray, actor_name, name)
+            kind, size = ray.get(actor.info.remote())
+            if kind != family:
+                raise ValueError(f"the ray queue {name!r} is a {kind}, not a {family}")
+            if maxsize and size != maxsize:
+                raise ValueError(f"the ray queue {name!r} has maxsize {size}, not {maxsize}")
+            maxsize = size
+    except BaseException:
+        _runtime.release()
+        raise
+    return cls(actor, actor_name, name, maxsize, serializer, _runtime.gcs_address(),
+               counted=True)
+
+
+def _find(ray, actor_name, name):
+    try:
+        return ray.get_actor(actor_name, namespace=NAMESPACE)
+    except ValueError:
+        raise FileNotFoundError(f"no ray queue named {name!r} in this Ray cluster") from None
+
+
+class RayQueue:
+    """``multiprocessing.Queue``'s API (plus put_many/get_many, shutdown,
+    unlink) over a Ray actor; see the module's notes."""
+
+    _family = "Queue"
+
+    def __init__(self, actor, actor_name, name, maxsize, serializer, address, counted=False):
+        self._actor = actor
+        self._actor_name = actor_name
+        self.name = name
+        self.anonymous = name is None
+        self._maxsize = maxsize
+        self._serializer = serializer
+        self._dumps = serializer.dumps
+        self._loads = serializer.loads
+        self._address = address
+        self._counted = counted      # holds a use of this process's Ray (see _runtime)
+        self._closed = False
+
+    # -- calls to the actor ----------------------------------------------
+
+    def _ray(self):
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        _runtime.check_process()
+        return _runtime.ray_module()
+
+    def _call(self, ray, ref):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            raise ConnectionError(f"{self!r} is gone: its Ray actor died or was removed "
+                                  f"(unlink(), or its node was lost): {e}") from e
+
+    def _put(self, datas, block, timeout):
+        ray = self._ray()
+        wait = seconds(timeout, block)
+        status, n = self._call(ray, self._actor.put.remote(datas, wait, self._counts_tasks))
+        if status == _OK:
+            return
+        err = ShutDown() if status == _SHUT else Full()
+        err.put_count = n
+        raise err
+
+    def _get(self, max_items, block, timeout):
+        ray = self._ray()
+        wait = seconds(timeout, block)
+        ref = self._actor.get.remote(max_items, wait)
+        try:
+            status, datas = self._call(ray, ref)
+        except KeyboardInterrupt:
+            self._cancel_get(ray, ref)
+            raise
+        if status == _EMPTY:
+            raise Empty
+        if status == _SHUT:
+            raise ShutDown
+        return datas
+
+    def _cancel_get(self, ray, ref):
+        # The get may have taken items already: they go back in front.
+        try:
+            ray.cancel(ref)
+            status, datas = ray.get(ref, timeout=10)
+        except Exception:
+            return
+        if datas:
+            self._actor.unget.remote(datas)
+
+    _counts_tasks = False
+
+    # -- the API ----------------------------------------------------------
+
+    def put(self, obj, block=True, timeout=None):
+        """Put `obj`; wait for room if `block` (for ever if `timeout` is
+        None); queue.Full when there is none in time, ShutDown after
+        shutdown()."""
+        self._check_open()
+        data = self._dumps(obj)
+        _portable.check(data, "the item put in a ray queue")
+        self._put([data], block, timeout)
+
+    def get(self, block=True, timeout=None):
+        """Remove and return the next item; queue.Empty when none comes in
+        time, ShutDown once a shut-down queue is empty."""
+        return self._loads(self._get(1, block, timeout)[0])
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Put every object of `objs` in order, in one actor call. All are
+        serialized first (one that cannot be raises before anything is
+        put). queue.Full (or ShutDown) with ``put_count``, the number that
+        went in (those stay), when room does not come in time."""
+        self._check_open()
+        datas = [self._dumps(o) for o in objs]
+        for data in datas:
+            _portable.check(data, "an item put in a ray queue")
+        self._put(datas, block, timeout)
+
+    def get_many(self, max_items=None, block=True, timeout=None):
+        """Wait like get() for the first item, then take what else is there,
+        up to `max_items` (None: all), in one actor call; returns a list."""
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items}")
+        loads = self._loads
+        return [loads(d) for d in self._get(max_items, block, timeout)]
+
+    def qsize(self):
+        """Items in the queue now (exact, as the actor counts them)."""
+        ray = self._ray()
+        return self._call(ray, self._actor.qsize.remote())
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        ray = self._ray()
+        return self._call(ray, self._actor.full.remote())
+
+    @property
+    def maxsize(self):
+        return self._maxsize
+
+    def shutdown(self, immediate=False):
+        """Shut the queue down for every user (``queue.Queue.shutdown`` of
+        Python 3.13): put() raises ShutDown from now on; get() returns what
+        is left, then raises ShutDown (with `immediate`, what is left is
+        dropped at once)."""
+        ray = self._ray()
+        self._call(ray, self._actor.shutdown.remote(bool(immediate)))
+
+    @property
+    def is_shutdown(self):
+        ray = self._ray()
+        return self._call(ray, self._actor.is_shutdown.remote())
+
+    def close(self):
+        """This object is done with the queue (the queue stays for its other
+        users; see unlink()). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._actor = None
+            if self._counted:
+                self._counted = False
+                _runtime.release()
+
+    def _check_open(self):
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+
+    def join_thread(self):
+        """No-op: there is no feeder thread (an item is in the actor when
+        put() returns)."""
+
+    def cancel_join_thread(self):
+        """No-op, for ``multiprocessing.Queue`` compatibility."""
+
+    def unlink(self):
+        """Remove the queue from the cluster (its actor ends; other users'
+        calls then raise ConnectionError). Idempotent."""
+        ray = _runtime.ray_module()
+        _runtime.check_process()
+        actor = self._actor
+        if actor is None:
+            try:
+                actor = ray.get_actor(self._actor_name, namespace=NAMESPACE)
+            except ValueError:
+                return
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._actor_name, self.name, self._maxsize,
+                           self._serializer, self._address))
+
+    def __repr__(self):
+        what = "anonymous" if self.anonymous else f"name={self.name!r}"
+        state = " closed" if self._closed else ""
+        return f"<mpx ray {self._family} {what} maxsize={self._maxsize}{state}>"
+
+
+def _rebuild(cls, actor_name, name, maxsize, serializer, address):
+    ray = _runtime.connect_for_rebuild(address)
+    try:
+        actor = ray.get_actor(actor_name, namespace=NAMESPACE)
+    except ValueError:
+        what = f"named {name!r}" if name else "(anonymous)"
+        raise ConnectionError(f"the ray queue {what} is gone (unlinked, or its creator "
+                              "ended)") from None
+    return cls(actor, actor_name, name, maxsize, serializer, address)
+
+
+class RaySimpleQueue(RayQueue):
+    """``multiprocessing.SimpleQueue``'s API (and the rest of RayQueue's)."""
+
+    _family = "SimpleQueue"
+
+
+class RayJoinableQueue(RayQueue):
+    """A RayQueue with ``task_done()``/``join()``: the actor counts the
+    unfinished items (raised in the same call that puts them)."""
+
+    _family = "JoinableQueue"
+    _counts_tasks = True
+
+    def task_done(self):
+        """An item taken with get() is processed; ValueError if called more
+        times than items were put."""
+        ray = self._ray()
+        if not self._call(ray, self._actor.task_done.remote()):
+            raise ValueError("task_done() called too many times")
+
+    def join(self, timeout=None):
+        """Block until every item put has been task_done(); True, or False
+        if `timeout` seconds passed first."""
+        ray = self._ray()
+        return self._call(ray, self._actor.join.remote(seconds(timeout)))
+
+
+_CLASSES = {"Queue": RayQueue, "SimpleQueue": RaySimpleQueue,
+            "JoinableQueue": RayJoinableQueue}

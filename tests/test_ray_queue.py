@@ -1,0 +1,314 @@
+"""mpx.Queue(backend="ray"): the queue contract over a real local Ray
+instance (one per run, see ray_helpers), Ray tasks as the other processes,
+named queues from a second driver, and what Ray cannot carry."""
+
+import queue
+import textwrap
+import threading
+import time
+
+import pytest
+
+import mpx
+import ray_tasks
+from mpx.queues import ShutDown
+from ray_helpers import eventually, gcs_address, ray_instance, run_driver  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("ray_instance")
+
+
+def remote(ray, func):
+    return ray.remote(num_cpus=0)(func)
+
+
+@pytest.fixture
+def ray(ray_instance):
+    return ray_instance
+
+
+def test_fifo_and_timeouts():
+    q = mpx.Queue(backend="ray")
+    for i in range(20):
+        q.put(i)
+    assert [q.get(timeout=10) for _ in range(20)] == list(range(20))
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(False)
+    t = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.3)
+    assert 0.25 < time.monotonic() - t < 5
+    with pytest.raises(ValueError):
+        q.get(timeout=float("nan"))
+    q.close()
+    q.join_thread()
+
+
+def test_maxsize_full_and_counts():
+    q = mpx.Queue(3, backend="ray")
+    assert q.maxsize == 3
+    for i in range(3):
+        q.put(i, timeout=5)
+    with pytest.raises(queue.Full):
+        q.put_nowait(99)
+    t = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(99, timeout=0.3)
+    assert 0.25 < time.monotonic() - t < 5
+    assert q.full() and q.qsize() == 3 and not q.empty()
+    assert q.get(timeout=5) == 0
+    q.put_nowait(3)
+    assert [q.get(timeout=5) for _ in range(3)] == [1, 2, 3]
+    assert q.empty()
+    with pytest.raises(queue.Full) as info:
+        q.put_many(range(5), timeout=0.2)
+    assert info.value.put_count == 3
+    assert q.get_many() == [0, 1, 2]
+
+
+def test_none_timeout_waits_for_a_task(ray):
+    q = mpx.Queue(backend="ray")
+    ref = remote(ray, ray_tasks.put_later).remote(q, 0.5, "late")
+    assert q.get() == "late"
+    ray.get(ref, timeout=30)
+
+
+def test_round_trip_through_a_task_and_a_lambda(ray):
+    inq, outq = mpx.Queue(backend="ray"), mpx.Queue(backend="ray")
+    items = [1, "ab", (1, 2), b"x" * 100_000]
+    ref = remote(ray, ray_tasks.echo).remote(inq, outq, len(items) + 1)
+    for item in items:
+        inq.put(item)
+    k = 21
+    inq.put_many([lambda x: x + k])       # a closure travels (cloudpickle fallback)
+    assert [outq.get(timeout=30) for _ in items] == [i * 2 for i in items]
+    assert outq.get(timeout=30) == 42
+    assert ray.get(ref, timeout=30) == len(items) + 1
+
+
+def test_unpicklable_object_raises_from_put_and_leaves_queue_unchanged():
+    q = mpx.Queue(backend="ray")
+    q.put("before")
+    with pytest.raises(TypeError, match="lock"):
+        q.put(threading.Lock())
+    with pytest.raises(TypeError):
+        q.put_many([1, threading.Lock(), 3])
+    q.put("after")
+    assert q.get_many(timeout=5) == ["before", "after"]
+
+
+def test_put_many_get_many():
+    q = mpx.Queue(backend="ray")
+    q.put_many(range(10))
+    got = []
+    while len(got) < 10:
+        batch = q.get_many(max_items=4, timeout=5)
+        assert 1 <= len(batch) <= 4
+        got += batch
+    assert got == list(range(10))
+    with pytest.raises(queue.Empty):
+        q.get_many(max_items=5, timeout=0.1)
+    with pytest.raises(ValueError):
+        q.get_many(max_items=0)
+
+
+def test_after_close_calls_raise_value_error():
+    q = mpx.Queue(backend="ray")
+    q.close()
+    q.close()
+    with pytest.raises(ValueError):
+        q.put(1)
+    with pytest.raises(ValueError):
+        q.get(False)
+    with pytest.raises(ValueError):
+        q.qsize()
+
+
+def test_shutdown():
+    q = mpx.Queue(backend="ray")
+    q.put_many([1, 2])
+    q.shutdown()
+    assert q.is_shutdown
+    with pytest.raises(ShutDown):
+        q.put(3)
+    assert q.get_many() == [1, 2]
+    with pytest.raises(ShutDown):
+        q.get(timeout=5)
+    q2 = mpx.Queue(backend="ray")
+    q2.put_many([1, 2])
+    q2.shutdown(immediate=True)
+    assert q2.qsize() == 0
+    with pytest.raises(ShutDown):
+        q2.get(timeout=5)
+
+
+def test_shutdown_wakes_a_blocked_get():
+    q = mpx.Queue(backend="ray")
+    errors = []
+
+    def blocked():
+        try:
+            q.get(timeout=30)
+        except BaseException as e:
+            errors.append(e)
+    t = threading.Thread(target=blocked)
+    t.start()
+    time.sleep(0.5)
+    q.shutdown()
+    t.join(10)
+    assert not t.is_alive() and isinstance(errors[0], ShutDown)
+
+
+def test_simple_queue():
+    q = mpx.SimpleQueue(backend="ray")
+    assert q.empty()
+    q.put("a")
+    q.put_many(["b", "c"])
+    assert [q.get() for _ in range(3)] == ["a", "b", "c"]
+    assert q.empty()
+    q.close()
+
+
+def test_joinable_queue(ray):
+    q = mpx.JoinableQueue(backend="ray")
+    q.put_many(range(5))
+    assert q.join(timeout=0.2) is False
+    for _ in range(5):
+        q.get(timeout=5)
+        q.task_done()
+    assert q.join(timeout=5) is True
+    with pytest.raises(ValueError):
+        q.task_done()
+
+
+def test_named_queue_is_found_by_a_second_driver(ray):
+    name = f"jobs-{time.monotonic_ns()}"
+    q = mpx.Queue(backend="ray", name=name)
+    try:
+        q.put_many(["from the first driver", 1, 2])
+        code = textwrap.dedent(f"""
+            import mpx
+            q = mpx.Queue(backend="ray", name={name!r}, create=False)
+            print(q.get_many(timeout=30))
+            q.put("from the second driver")
+        """)
+        rc, out, err = run_driver(code, RAY_ADDRESS=gcs_address(ray))
+        assert rc == 0, err[-3000:]
+        assert "['from the first driver', 1, 2]" in out
+        assert q.get(timeout=30) == "from the second driver"
+        with pytest.raises(ValueError, match="not a JoinableQueue"):
+            mpx.JoinableQueue(backend="ray", name=name)
+    finally:
+        q.unlink()
+    assert eventually(lambda: _gone(ray, name))
+    with pytest.raises(FileNotFoundError):
+        mpx.Queue(backend="ray", name=name, create=False)
+    with pytest.raises(ConnectionError):
+        q.get(timeout=5)
+    q.unlink()                       # idempotent
+
+
+def _gone(ray, name):
+    try:
+        ray.get_actor("mpx-queue:" + name, namespace="mpx")
+    except ValueError:
+        return True
+    return False
+
+
+def test_named_queue_outlives_its_creator_anonymous_does_not(ray):
+    name = f"kept-{time.monotonic_ns()}"
+    code = textwrap.dedent(f"""
+        import mpx
+        named = mpx.Queue(backend="ray", name={name!r})
+        named.put("still here")
+        anon = mpx.Queue(backend="ray")
+        anon.put("gone with me")
+        print(anon._actor_name)
+    """)
+    rc, out, err = run_driver(code, RAY_ADDRESS=gcs_address(ray))
+    assert rc == 0, err[-3000:]
+    anon_name = out.strip().splitlines()[-1][len("mpx-queue:"):]
+    q = mpx.Queue(backend="ray", name=name, create=False)
+    try:
+        assert q.get(timeout=30) == "still here"
+    finally:
+        q.unlink()
+    assert eventually(lambda: _gone(ray, anon_name), timeout=30), \
+        "the anonymous queue's actor outlived the driver that made it"
+
+
+def test_queue_passed_to_a_task_as_an_argument_by_pickle(ray):
+    import pickle
+    q = mpx.Queue(backend="ray")
+    again = pickle.loads(pickle.dumps(q))
+    again.put("same queue")
+    assert q.get(timeout=10) == "same queue"
+
+
+def test_local_objects_are_refused_with_the_reason():
+    q = mpx.Queue(backend="ray")
+    shm = mpx.Queue(backend="shm")
+    try:
+        with pytest.raises(TypeError, match="local to this machine.*backend='ray'"):
+            q.put(shm)
+        with pytest.raises(TypeError, match="local to this machine"):
+            q.put_many([1, {"q": shm}])
+        assert q.empty()
+        q.put(b"mpx.backends.shm")     # data that merely looks like it travels
+        assert q.get(timeout=5) == b"mpx.backends.shm"
+    finally:
+        shm.close()
+
+
+def test_mpx_backend_env_moves_an_unchanged_program(ray):
+    code = textwrap.dedent("""
+        import mpx
+        q = mpx.Queue()
+        print(type(q).__name__)
+        q.put_many(range(3))
+        with mpx.Pool(2) as pool:
+            print(pool.map(abs, [-1, -2, q.get(timeout=30)]))
+    """)
+    rc, out, err = run_driver(code, RAY_ADDRESS=gcs_address(ray), MPX_BACKEND="ray")
+    assert rc == 0, err[-3000:]
+    assert out.split() == ["RayQueue", "[1,", "2,", "0]"]
+
+
+def test_fork_child_gets_a_clear_error(ray):
+    import multiprocessing
+    q = mpx.Queue(backend="ray")
+    ctx = multiprocessing.get_context("fork")
+    r, w = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            q.put(1)
+            w.send("no error")
+        except RuntimeError as e:
+            w.send(str(e))
+    p = ctx.Process(target=child)
+    p.start()
+    assert r.poll(30)
+    assert "does not survive fork" in r.recv()
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def test_spawned_child_joins_the_cluster_to_use_a_queue(ray):
+    # A child of another start method unpickles the queue by name and joins
+    # the cluster by itself (RAY_ADDRESS is not needed: the queue carries it).
+    import multiprocessing
+    q = mpx.Queue(backend="ray")
+    p = multiprocessing.get_context("spawn").Process(target=ray_tasks.put_later,
+                                                     args=(q, 0, "from a spawned child"))
+    p.start()
+    try:
+        assert q.get(timeout=60) == "from a spawned child"
+    finally:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    assert p.exitcode == 0
