@@ -122,13 +122,17 @@ async def _wait_fd(obj, fd, timeout):
     group = registry.get(key)
     if group is None:
         group = registry[key] = _FdWaiters(registry, key, loop, fd)
-    fut = group.add()
+    await _until_woken(loop, group.add(), timeout, group.discard)
+
+
+async def _until_woken(loop, fut, timeout, leave):
+    """Await `fut` for at most `timeout` seconds, then call leave(fut)."""
     timer = loop.call_later(timeout, _wake, fut)
     try:
         await fut
     finally:
         timer.cancel()
-        group.discard(fut)
+        leave(fut)
 
 
 def _wake(fut):
@@ -205,12 +209,7 @@ async def _wait_polled(obj, timeout):
     fut = loop.create_future()
     poller = _get_poller()
     poller.add(obj, loop, fut)
-    timer = loop.call_later(timeout, _wake, fut)
-    try:
-        await fut
-    finally:
-        timer.cancel()
-        poller.discard(fut)
+    await _until_woken(loop, fut, timeout, poller.discard)
 
 
 async def _wait_readable(obj, timeout):
@@ -530,17 +529,10 @@ async def _wait_io(fd, writable):
     fut = loop.create_future()
     if writable:
         loop.add_writer(fd, _wake, fut)
+        await _until_woken(loop, fut, _SLICE, lambda _: loop.remove_writer(fd))
     else:
         loop.add_reader(fd, _wake, fut)
-    timer = loop.call_later(_SLICE, _wake, fut)
-    try:
-        await fut
-    finally:
-        timer.cancel()
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        await _until_woken(loop, fut, _SLICE, lambda _: loop.remove_reader(fd))
 
 
 async def retry_while_full(put, full, deadline=None, check=None):

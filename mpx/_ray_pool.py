@@ -34,13 +34,12 @@ Facts this module is built on
 """
 
 import collections
-import concurrent.futures
 import os
 import queue as _queue
 import threading
 import time
 
-from multiprocessing.pool import CLOSE, RUN, TERMINATE
+from multiprocessing.pool import CLOSE, RUN
 
 from . import _serial
 from . import pool as _pool
@@ -385,12 +384,9 @@ class RayCore(_pool._Core):
         if os.getpid() != self.owner:
             return
         with self.lock:
-            if self.terminated:
+            done = self._start_terminating_locked()
+            if done is None:
                 return
-            self.terminated = True
-            self.state = TERMINATE
-            done = self._fail_all_locked(lambda: _pool.PoolTerminatedError(
-                "the pool was terminated before this task finished"))
             self.calls.clear()
         self._complete(done)
         if getattr(self, "slots", None) is not None:

@@ -60,7 +60,6 @@ returns.
 
 import collections
 import itertools
-import math
 import mmap
 import multiprocessing
 import os
@@ -73,9 +72,8 @@ import types
 import warnings
 from multiprocessing import connection as _mp_connection, util as _util
 from multiprocessing.context import TimeoutError
-from multiprocessing.pool import (CLOSE, INIT, RUN, TERMINATE, ExceptionWithTraceback,
-                                  MaybeEncodingError, RemoteTraceback, ThreadPool, mapstar,
-                                  rebuild_exc, starmapstar, worker)
+from multiprocessing.pool import (CLOSE, INIT, RUN, TERMINATE, MaybeEncodingError,
+                                  RemoteTraceback, ThreadPool)
 from queue import Empty, Full as _Full
 
 from . import _aio, _serial
@@ -1542,18 +1540,25 @@ class _Core:
         if os.getpid() == self.owner and not self.terminated:
             self.terminate()
 
+    def _start_terminating_locked(self):
+        """Mark the pool terminated and fail what is pending (the jobs to
+        complete); None if that was done already."""
+        if self.terminated:
+            return None
+        self.terminated = True
+        self.state = TERMINATE
+        return self._fail_all_locked(lambda: PoolTerminatedError(
+            "the pool was terminated before this task finished"))
+
     def terminate(self):
         """Fail what is pending, stop the workers (SIGTERM, then SIGKILL
         after 5 s) and the handler. Safe to call twice, from any thread."""
         if os.getpid() != self.owner:
             return
         with self.lock:
-            if self.terminated:
+            done = self._start_terminating_locked()
+            if done is None:
                 return
-            self.terminated = True
-            self.state = TERMINATE
-            done = self._fail_all_locked(lambda: PoolTerminatedError(
-                "the pool was terminated before this task finished"))
             procs = self._all_procs_locked()
         self._complete(done)
         if self.results is not None:
