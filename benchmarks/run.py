@@ -10,7 +10,7 @@ The harness itself lives in the package (``mpx/_bench*.py``) so that
 import argparse
 import sys
 
-from mpx import _bench
+from mpx import bench as _bench
 
 
 def main(argv=None):

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from mpx import _bench
-from mpx import _bench_cases as cases_mod
+from mpx.bench import runner as _bench
+from mpx.bench import cases as cases_mod
 
 SMOKE_CASES = [c["name"] for c in cases_mod.CASES if c["in_smoke"]]
 ALWAYS = "mp.*,mpx.*[pipe]"        # the stdlib peers and mpx's stdlib-based backend
@@ -57,7 +57,7 @@ def test_smoke_case(smoke_results, name):
 
 
 def test_smoke_run_removed_its_named_objects(smoke_results):
-    from mpx._bench_adapters import exists
+    from mpx.bench.contenders import exists
     named = smoke_results["named_objects"]
     kinds = {e["kind"] for e in named}
     assert [e for e in named if exists(e)] == []
@@ -316,7 +316,7 @@ def test_case_selection():
 
 
 def test_payload_check_catches_damage():
-    from mpx._bench_worker import Payloads
+    from mpx.bench.worker import Payloads
     import numpy as np
     for mode in ("bytes", "numpy"):
         p = Payloads(mode, 4096)

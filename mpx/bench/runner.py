@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 
-from . import _bench_cases as cases_mod
-from . import _bench_adapters as adapters
-from ._bench_targets import TARGETS
+from . import cases as cases_mod
+from . import contenders as adapters
+from .targets import TARGETS
 
 __all__ = ["add_bench_arguments", "run_bench", "run", "format_table",
            "format_markdown", "plot", "machine_description"]
@@ -176,7 +176,7 @@ def run(cases=None, quick=False, smoke=False, reps=None, duration=None, timeout=
     started = time.time()
     results = {
         "format": 1,
-        "command": command or "mpx._bench.run()",
+        "command": command or "mpx.bench.run()",
         "mode": mode, "reps": reps, "duration": duration,
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_description(),
@@ -286,11 +286,11 @@ def _run_case(template, case, contenders, mode, reps, duration, timeout, tmpdir,
 def _preload():
     """Modules the template imports once, so that measurements fork them
     ready: the worker, the peers, and the backends the registry can load."""
-    names = ["mpx._bench_worker", "numpy", "zmq", "faster_fifo", "posix_ipc", "sysv_ipc",
+    names = ["mpx.bench.worker", "numpy", "zmq", "faster_fifo", "posix_ipc", "sysv_ipc",
              "multiprocessing.pool", "concurrent.futures.process", "loky", "mpire",
              "multiprocessing.managers", "multiprocessing.queues"]
     try:
-        from . import backends as registry
+        from .. import backends as registry
         for row in registry.backends():
             if row["available"]:
                 names.extend(registry.BACKENDS[row["name"]][1])
@@ -324,7 +324,7 @@ class _Template:
         self.log = os.path.join(self.tmpdir, "template.log")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mpx._bench_worker", *self.preload],
+                [sys.executable, "-m", "mpx.bench.worker", *self.preload],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 cwd=self.tmpdir, env=env, close_fds=True)
         self.buf = b""
@@ -938,7 +938,7 @@ def _mpx_version():
 
 def _registry_rows():
     try:
-        from . import backends as registry
+        from .. import backends as registry
         return [dict(r, families=list(r["families"])) for r in registry.backends()]
     except Exception as e:
         return [{"name": "?", "available": False, "reason": f"registry failed: {e}",

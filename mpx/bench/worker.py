@@ -31,7 +31,7 @@ import traceback
 
 import numpy as np
 
-from . import _bench_adapters as adapters
+from . import contenders as adapters
 
 _FORK = multiprocessing.get_context("fork")
 K = 2                      # distinct payloads per stream (alternating)

@@ -232,7 +232,7 @@ def _version(dist, mod):
 def mpx_backends(family):
     """[(backend, None or the reason it is not available)] for `family`, in the
     registry's order of preference, then any other backend providing it."""
-    from . import backends as registry
+    from .. import backends as registry
     rows = {r["name"]: r for r in registry.backends()}
     names = list(registry.PREFERENCE.get(family, ()))
     names += [n for n, r in rows.items() if family in r["families"] and n not in names]
