@@ -36,7 +36,7 @@ del _name
 # returns is then a Connection, which is what the stubs declare. Its class
 # is looked up in sys.modules only, because no such end can exist before
 # that module is imported; the surface never imports a backend for this.
-_API_ONLY = (("mpx.backends.shm_pipe", "Connection"),)
+_API_ONLY = (("mpx.backends.shm.pipe", "Connection"),)
 
 
 def _is_connection_class(cls):

@@ -22,7 +22,7 @@ import sysv_ipc
 import mpx
 from conftest import backends_for
 from mpx import _names, _objects
-from mpx.backends import sysv_mq
+from mpx.backends.sysv import mq as sysv_mq
 
 PYTHON = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,7 +187,7 @@ def test_rm_usage_errors(names_dir):
 
 @pytest.mark.skipif("posix" not in BACKENDS, reason="posix backend unavailable")
 def test_stale_records_are_dropped(names_dir, qname):
-    _names.record("Queue", "posix", qname, module="mpx.backends.posix_mq", maxsize=0)
+    _names.record("Queue", "posix", qname, module="mpx.backends.posix.mq", maxsize=0)
     assert [e["name"] for e in _names.entries()] == [qname]
     assert qname not in mpx_cli("ls", check=0).stdout
     assert _names.entries() == []
@@ -229,7 +229,7 @@ def test_rm_all_leaves_other_users_objects_alone(names_dir, qname):
 @pytest.mark.skipif(not BACKENDS, reason="no message-queue backend available")
 def test_rm_of_another_users_object_without_permission_says_so(names_dir, qname):
     backend = BACKENDS[0]
-    module = {"posix": "mpx.backends.posix_mq", "sysv": "mpx.backends.sysv_mq"}[backend]
+    module = {"posix": "mpx.backends.posix.mq", "sysv": "mpx.backends.sysv.mq"}[backend]
     q = mpx.Queue(name=qname, backend=backend)
 
     def try_rm():
@@ -262,7 +262,7 @@ def test_anonymous_queues_are_listed_as_such(names_dir):
 
 
 def test_hostile_record_names_are_refused(names_dir):
-    _names.record("Queue", "posix", "../../../../tmp/x", module="mpx.backends.posix_mq")
+    _names.record("Queue", "posix", "../../../../tmp/x", module="mpx.backends.posix.mq")
     _names.record("Queue", "evil", "importme", module="os")
     out = mpx_cli("ls", check=0).stdout
     assert "'/' after its first character" in out

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mpx
 from mpx._ext.ring import dumps_compact, loads_compact
-from mpx.backends import _ring_codec
+from mpx.backends.shm import codec as _ring_codec
 
 from conftest import join_all
 

@@ -22,7 +22,7 @@ import pytest
 
 import mpx
 import mpx.managers as mm
-from mpx.backends import _stream
+from mpx.backends._common import stream as _stream
 from conftest import backends_for, wait_for
 
 MPX_BACKENDS = backends_for("Manager")

@@ -76,7 +76,7 @@ def test_fresh_install_defaults_to_the_shm_ring_without_numpy(built):
         import importlib.util, mpx
         assert importlib.util.find_spec("numpy") is None, "numpy came in as a dependency"
         q = mpx.Queue()
-        assert type(q).__module__ == "mpx.backends.shm", type(q)
+        assert type(q).__module__ == "mpx.backends.shm.queues", type(q)
         q.put((1, "two", 3.0)); assert q.get(timeout=5) == (1, "two", 3.0)
         q.close()
         rows = {r["name"]: r for r in mpx.backends()}

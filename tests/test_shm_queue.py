@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import mpx
 from mpx import _names
 from mpx._ext import ring as ringmod
-from mpx.backends import shm
+from mpx.backends.shm import queues as shm
 
 from conftest import join_all
 
@@ -451,7 +451,7 @@ class CountingPickle(mpx._serial.PickleSerializer):
 
 
 def test_bytearrays_and_large_containers_are_pickled_at_most_once():
-    from mpx.backends import _ring_codec as codec
+    from mpx.backends.shm import codec
     ser = CountingPickle()
     ba = bytearray(os.urandom(1 << 20))
     msg, tag = codec.encode(ser, True, ba)
@@ -591,7 +591,7 @@ def test_named_queue_record_describe_remove(named):
     q = mpx.JoinableQueue(name=name, backend="shm", capacity=8192)
     q.put_many([1, 2])
     entries = [e for e in _names.entries() if e["name"] == name]
-    assert len(entries) == 1 and entries[0]["module"] == "mpx.backends.shm"
+    assert len(entries) == 1 and entries[0]["module"] == "mpx.backends.shm.queues"
     info = shm.describe(entries[0])
     assert info["size"] == "2 msgs" and info["capacity"] == 8192
     assert info["kind"] == "JoinableQueue"

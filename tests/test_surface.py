@@ -28,7 +28,7 @@ def test_every_stdlib_public_name_is_reachable():
 def test_one_shutdown_exception_for_every_queue():
     import queue
 
-    from mpx.backends import shm
+    from mpx.backends.shm import queues as shm
     assert mpx.ShutDown is mpx.queues.ShutDown is shm.ShutDown
     if hasattr(queue, "ShutDown"):          # Python 3.13: the stdlib's own
         assert mpx.ShutDown is queue.ShutDown

@@ -40,7 +40,7 @@ import os
 import stat
 import tempfile
 
-from ._segment import (
+from ._common.segment import (
     NAME_MAX, FdSegment, attach_fd, check_size, create_linked, describe_path, entry_meta,
     entry_name, new_segment, not_found, open_existing, reattach_fd, record,
     unlink_recorded, unlink_verified)

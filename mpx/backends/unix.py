@@ -11,7 +11,7 @@ permissions (the authkey alone guards it).
 
 import socket
 
-from . import _stream
+from ._common import stream as _stream
 
 FAMILIES = ("Manager",)
 NAME = "unix"

@@ -52,9 +52,9 @@ import weakref
 
 import sysv_ipc
 
-from .. import _names
-from .. import _trust
-from ._segment import (
+from ... import _names
+from ... import _trust
+from .._common.segment import (
     KIND, InvalidSegmentError, check_magic, check_removable, check_size, describe_row,
     entry_name, gone_error, not_found, record, remove_entry, unlink_recorded)
 

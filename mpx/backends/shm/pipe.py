@@ -38,10 +38,10 @@ two apart either.
 
 from multiprocessing import reduction
 
-from . import _ring_channel, _ring_codec
-from ._ring_codec import TAG_PICKLE, TAG_TEXT
-from .. import _serial, _timeouts
-from .._ext.ring import conn_recv, conn_send
+from . import channel as _ring_channel, codec as _ring_codec
+from .codec import TAG_PICKLE, TAG_TEXT
+from ... import _serial, _timeouts
+from ..._ext.ring import conn_recv, conn_send
 
 __all__ = ["FAMILIES", "Pipe", "Connection", "unavailable"]
 

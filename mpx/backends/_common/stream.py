@@ -46,7 +46,7 @@ import tempfile
 import time
 from multiprocessing import AuthenticationError, util
 
-from .._timeouts import seconds
+from ..._timeouts import seconds
 
 __all__ = ["Connection", "StreamListener", "UnixListener", "ProtocolError",
            "client_handshake", "server_handshake", "unix_connect", "unix_cleanup",

@@ -20,8 +20,9 @@ them with the last descriptor.
 import os
 import socket
 
-from .._timeouts import seconds
-from . import _ring_channel, _stream
+from ..._timeouts import seconds
+from . import channel as _ring_channel
+from .._common import stream as _stream
 
 FAMILIES = ("Manager",)
 NAME = "shm"

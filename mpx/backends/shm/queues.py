@@ -56,12 +56,12 @@ import stat
 import sys
 import weakref
 
-from .. import _names
-from .. import _serial
-from .. import _trust
-from . import _ring_codec, _ring_watch
-from .. import _timeouts
-from ..queues import ShutDown
+from ... import _names
+from ... import _serial
+from ... import _trust
+from . import codec as _ring_codec, watch as _ring_watch
+from ... import _timeouts
+from ...queues import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
@@ -84,8 +84,8 @@ _KIND_CODES = {"Queue": 1, "SimpleQueue": 2, "JoinableQueue": 3}
 _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
 
 try:
-    from .._ext import ring as _ring
-    from .._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
+    from ..._ext import ring as _ring
+    from ..._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
                              queue_put as _queue_put, queue_put_nowait as _queue_put_nowait)
 except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None

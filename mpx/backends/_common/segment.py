@@ -86,9 +86,9 @@ import stat
 import sys
 import weakref
 
-from .. import _names
-from .. import _trust
-from ._procfd import open_from_holders
+from ... import _names
+from ... import _trust
+from .procfd import open_from_holders
 
 KIND = "SharedArray"
 

@@ -18,9 +18,9 @@ import stat
 
 from multiprocessing import reduction
 
-from .. import _serial
-from .._serial import loads_custom, wire_bytes
-from .._timeouts import seconds
+from ... import _serial
+from ..._serial import loads_custom, wire_bytes
+from ..._timeouts import seconds
 
 __all__ = ["SerializedConnection"]
 

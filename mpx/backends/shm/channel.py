@@ -111,7 +111,7 @@ import socket
 import time
 import weakref
 
-from .._timeouts import seconds
+from ..._timeouts import seconds
 
 __all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
            "unavailable", "check_capacity", "check_spin", "DEFAULT_CAPACITY",
@@ -174,7 +174,7 @@ _ring = None
 def _ring_module():
     global _ring
     if _ring is None:
-        from .._ext import ring
+        from ..._ext import ring
         _ring = ring
     return _ring
 

@@ -42,7 +42,7 @@ import errno
 import fcntl
 import os
 
-from ._segment import (
+from .._common.segment import (
     NAME_MAX, FdSegment, attach_fd, check_size, create_linked, describe_path, entry_name,
     new_segment, not_found, open_existing, reattach_fd, record, remove_entry,
     unlink_recorded, unlink_verified)

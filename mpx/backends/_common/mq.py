@@ -63,10 +63,10 @@ import threading
 import time
 import weakref
 
-from .. import _names, _timeouts, _trust
-from .._ext.ring import RingClosed, dumps_compact, loads_compact
-from .._ext.sync import SharedWord
-from .._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
+from ... import _names, _timeouts, _trust
+from ..._ext.ring import RingClosed, dumps_compact, loads_compact
+from ..._ext.sync import SharedWord
+from ..._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
 
 __all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
            "queue_args", "open_queue", "settled_header", "half_created", "check_header",
