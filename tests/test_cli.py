@@ -271,6 +271,43 @@ def test_hostile_record_names_are_refused(names_dir):
     assert "cannot remove" in proc.stderr
 
 
+def test_records_naming_the_modules_before_they_moved(names_dir, qname):
+    """Records written by an mpx whose backends were flat modules
+    (``mpx.backends.posix_mq``, ...) still list and remove their objects:
+    the registry maps each old path to the module that does the work now."""
+    import numpy as np
+
+    from mpx.backends import RENAMED_MODULES
+    old_name = {new: old for old, new in RENAMED_MODULES.items()}
+    made = [mpx.Queue(name=qname + "-shm", backend="shm")]
+    made += [mpx.Queue(name=f"{qname}-{b}", backend=b) for b in BACKENDS]
+    made += [mpx.SharedArray((4,), np.int64, name=f"{qname}-a{b}", backend=b)
+             for b in ("posix", "sysv") if b in backends_for("SharedArray")]
+    # Rewrite each record as the older mpx wrote it.
+    rewritten = set()
+    for fname in os.listdir(names_dir):
+        path = os.path.join(names_dir, fname)
+        with open(path) as f:
+            entry = json.load(f)
+        if entry["module"] in old_name:
+            entry["module"] = old_name[entry["module"]]
+            rewritten.add(entry["module"])
+            with open(path, "w") as f:
+                json.dump(entry, f)
+    expected = {"mpx.backends.shm"} | {f"mpx.backends.{b}_mq" for b in BACKENDS} | {
+        f"mpx.backends.{b}_shm" for b in ("posix", "sysv") if b in backends_for("SharedArray")}
+    assert rewritten == expected
+    listed = json.loads(mpx_cli("ls", "--json", check=0).stdout)
+    assert sorted(d["name"] for d in listed) == sorted(o.name for o in made)
+    assert not [d for d in listed if d.get("error")], listed
+    mpx_cli("rm", *[o.name for o in made], check=0)
+    assert json.loads(mpx_cli("ls", "--json", check=0).stdout) == []
+    assert _names.entries() == []
+    for o in made:
+        if hasattr(o, "close"):
+            o.close()
+
+
 # --- the protocol, with a made-up kind --------------------------------------
 
 FAKE = "mpx._test_fake_kind"

@@ -51,6 +51,20 @@ BACKENDS = {
             ("mpx.backends.tcp",)),
 }
 
+# Records of named objects (``mpx._names``) name the module that made each
+# object, and ``python -m mpx ls``/``rm`` import it to describe or remove
+# the object. Records written before the backends moved into folders name
+# the old paths; this maps them to the modules that do that work now.
+RENAMED_MODULES = {
+    "mpx.backends.shm": "mpx.backends.shm.queues",
+    "mpx.backends.shm_pipe": "mpx.backends.shm.pipe",
+    "mpx.backends.shm_manager": "mpx.backends.shm.manager",
+    "mpx.backends.posix_mq": "mpx.backends.posix.mq",
+    "mpx.backends.posix_shm": "mpx.backends.posix.segment",
+    "mpx.backends.sysv_mq": "mpx.backends.sysv.mq",
+    "mpx.backends.sysv_shm": "mpx.backends.sysv.segment",
+}
+
 # Fastest first: a family's default is the first available backend here that
 # provides it. (The stdlib's own code reaches into the SimpleQueue its
 # context makes: concurrent.futures' ProcessPoolExecutor waits on

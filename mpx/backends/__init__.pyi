@@ -12,6 +12,8 @@ FAMILIES: tuple[str, ...]
 BACKENDS: dict[str, tuple[str, tuple[str, ...]]]
 # family -> backend names, fastest first
 PREFERENCE: dict[str, tuple[str, ...]]
+# module path in records written by an older mpx -> the module today
+RENAMED_MODULES: dict[str, str]
 ENV_VAR: str
 
 
