@@ -1,4 +1,4 @@
-"""The speed targets the issues set, as data.
+"""The speed targets mpx holds itself to, as data.
 
 Each target names a case (a glob over case names), the mpx contender it
 applies to (a glob over contender names), and one requirement:
@@ -9,68 +9,73 @@ applies to (a glob over contender names), and one requirement:
   machine's ceiling measured in the same run (the ``memcpy`` case).
 - ``at_most``: an absolute bound on mpx's figure, in the case's unit.
 
-An ``issue`` key, where present, is printed before the target. The
-benchmark marks each one met or missed in its table; a target whose
-backend, peer or case did not run in this run says so instead. This module
-lives in the package (not in benchmarks/) so that ``python -m mpx bench``
-finds it from any directory and any kind of install.
+``checks`` says in a few words what the target is about; the report prints
+the targets under it. The benchmark marks each one met or missed in its
+table; a target whose backend, peer or case did not run in this run says so
+instead. This module lives in the package (not in benchmarks/) so that
+``python -m mpx bench`` finds it from any directory and any kind of install.
 """
 
+SHM_QUEUE = "the shared-memory ring behind Queue (backend shm)"
+SHM_PIPE = "the shared-memory Pipe"
+HANDOFF = "a SharedArray hand-off costs under a millisecond, whatever its size"
+# Time x1.2 is a throughput of at least 1/1.2 of theirs.
+KERNEL_QUEUES = "the posix and sysv queues add at most 20% to the raw calls plus pickle"
+MANAGER = "Manager proxy calls per second, one client"
+POOL = "mpx.Pool against multiprocessing.Pool (2 workers, fork), same run"
+EXECUTOR = ("the stdlib's ProcessPoolExecutor given an mpx context, against the "
+            "same executor on multiprocessing's context")
+
 TARGETS = [
-    # Issue 3: the shared-memory ring behind Queue (backend "shm").
-    {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-small", "mpx": "mpx.Queue[shm]",
      "peer": "mp.Queue", "at_least": 5.0},
-    {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-small", "mpx": "mpx.Queue[shm]",
      "peer": "faster-fifo", "at_least": 4.0},
-    {"issue": 3, "case": "queue-small-batch", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-small-batch", "mpx": "mpx.Queue[shm]",
      "peer": "mp.Queue", "at_least": 10.0},
-    {"issue": 3, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
      "peer": "faster-fifo", "at_least": 1.3},
-    {"issue": 3, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
      "peer": "faster-fifo", "at_least": 1.3},
-    {"issue": 3, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
      "ceiling": "memcpy", "at_least": 0.6},
-    {"issue": 3, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-numpy-1MiB", "mpx": "mpx.Queue[shm]",
      "ceiling": "memcpy", "at_least": 0.6},
-    {"issue": 3, "case": "roundtrip", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "roundtrip", "mpx": "mpx.Queue[shm]",
      "peer": "mp.Pipe", "at_least": 8.0},
-    {"issue": 3, "case": "queue-small-4to1", "mpx": "mpx.Queue[shm]",
+    {"checks": SHM_QUEUE, "case": "queue-small-4to1", "mpx": "mpx.Queue[shm]",
      "peer": "mp.Queue", "at_least": 3.0},
-    # Issue 4: Pipe backends.
-    {"issue": 4, "case": "roundtrip", "mpx": "mpx.Pipe[shm]",
+    {"checks": SHM_PIPE, "case": "roundtrip", "mpx": "mpx.Pipe[shm]",
      "peer": "mp.Pipe", "at_least": 8.0},
-    {"issue": 4, "case": "pipe-bytes-1MiB", "mpx": "mpx.Pipe[shm]",
+    {"checks": SHM_PIPE, "case": "pipe-bytes-1MiB", "mpx": "mpx.Pipe[shm]",
      "peer": "mp.Pipe", "at_least": 10.0},
-    {"issue": 4, "case": "pipe-small", "mpx": "mpx.Pipe[shm]",
+    {"checks": SHM_PIPE, "case": "pipe-small", "mpx": "mpx.Pipe[shm]",
      "peer": "mp.Pipe", "at_least": 4.0},
-    # Issue 5: a SharedArray hand-off costs under a millisecond, whatever its size.
-    {"issue": 5, "case": "sharedarray-*", "mpx": "mpx.SharedArray[*]",
+    {"checks": HANDOFF, "case": "sharedarray-*", "mpx": "mpx.SharedArray[*]",
      "at_most": 1.0},
-    # Issue 6: mpx's posix and sysv queues add at most 20% to the raw calls
-    # plus pickle (time x1.2, so throughput at least 1/1.2 of theirs).
-    {"issue": 6, "case": "queue-small", "mpx": "mpx.Queue[posix]",
+    {"checks": KERNEL_QUEUES, "case": "queue-small", "mpx": "mpx.Queue[posix]",
      "peer": "posix_ipc+pickle", "at_least": 1 / 1.2},
-    {"issue": 6, "case": "queue-small", "mpx": "mpx.Queue[sysv]",
+    {"checks": KERNEL_QUEUES, "case": "queue-small", "mpx": "mpx.Queue[sysv]",
      "peer": "sysv_ipc+pickle", "at_least": 1 / 1.2},
-    # Issue 7: Manager proxy calls per second, one client.
-    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[shm]",
+    {"checks": MANAGER, "case": "manager-setitem", "mpx": "mpx.Manager[shm]",
      "peer": "mp.Manager", "at_least": 8.0},
-    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[unix]",
+    {"checks": MANAGER, "case": "manager-setitem", "mpx": "mpx.Manager[unix]",
      "peer": "mp.Manager", "at_least": 1.5},
-    {"issue": 7, "case": "manager-setitem", "mpx": "mpx.Manager[tcp]",
+    {"checks": MANAGER, "case": "manager-setitem", "mpx": "mpx.Manager[tcp]",
      "peer": "mp.Manager(tcp)", "at_least": 1.5},
-    # Pools (2 workers, fork): mpx.Pool against multiprocessing.Pool in the
-    # same run. Many tiny tasks one by one, in order and as they finish:
-    {"case": "pool-map-chunk1", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 5.0},
-    {"case": "pool-imap-unordered-chunk1", "mpx": "mpx.Pool", "peer": "mp.Pool",
+    # Many tiny tasks one by one, in order and as they finish:
+    {"checks": POOL, "case": "pool-map-chunk1", "mpx": "mpx.Pool", "peer": "mp.Pool",
      "at_least": 5.0},
+    {"checks": POOL, "case": "pool-imap-unordered-chunk1", "mpx": "mpx.Pool",
+     "peer": "mp.Pool", "at_least": 5.0},
     # 1 MiB arrays as tasks and results:
-    {"case": "pool-map-numpy-1MiB", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 5.0},
+    {"checks": POOL, "case": "pool-map-numpy-1MiB", "mpx": "mpx.Pool", "peer": "mp.Pool",
+     "at_least": 5.0},
     # The default chunksize, and starting and closing a pool: no slower.
-    {"case": "pool-map-default", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 1.0},
-    {"case": "pool-create", "mpx": "mpx.Pool", "peer": "mp.Pool", "at_least": 1.0},
-    # The stdlib's ProcessPoolExecutor given an mpx context, against the same
-    # executor on multiprocessing's context.
-    {"case": "executor-map", "mpx": "mpx.ProcessPoolExecutor",
+    {"checks": POOL, "case": "pool-map-default", "mpx": "mpx.Pool", "peer": "mp.Pool",
+     "at_least": 1.0},
+    {"checks": POOL, "case": "pool-create", "mpx": "mpx.Pool", "peer": "mp.Pool",
+     "at_least": 1.0},
+    {"checks": EXECUTOR, "case": "executor-map", "mpx": "mpx.ProcessPoolExecutor",
      "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
 ]
