@@ -75,14 +75,52 @@ PREFERENCE = {
     "Queue": ("shm", "pipe", "posix", "sysv"),
     "SimpleQueue": ("shm", "pipe", "posix", "sysv"),
     "JoinableQueue": ("shm", "pipe", "posix", "sysv"),
-    "PriorityQueue": ("shm", "posix", "sysv"),
+    "PriorityQueue": ("posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),
     "Pool": ("shm", "pipe"),
     "SharedArray": ("posix", "sysv", "file"),
-    "Manager": ("shm", "unix", "tcp", "pipe"),
+    "Manager": ("shm", "unix", "tcp"),
 }
 
 ENV_VAR = "MPX_BACKEND"
+
+# What a backend module must have for each family it lists in FAMILIES (the
+# model is pyzmq's zmq/backend/select.py: one list, checked when a backend
+# loads). Five families are factories named after the family. The three
+# built above the backends need what their builders call instead: mpx.pool
+# makes the backend's Queues, mpx.sharedarray uses the segment API and
+# mpx.managers the transport.
+API = {
+    "Queue": ("Queue",),
+    "SimpleQueue": ("SimpleQueue",),
+    "JoinableQueue": ("JoinableQueue",),
+    "PriorityQueue": ("PriorityQueue",),
+    "Pipe": ("Pipe",),
+    "Pool": ("Queue",),
+    "SharedArray": ("Segment", "canonical_name", "create", "attach", "reattach", "unlink",
+                    "describe", "HASHED_NAMES", "PUBLISHES_WHOLE"),
+    "Manager": ("Listener", "connect", "default_address", "check_address"),
+}
+_FACTORIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue", "Pipe")
+
+
+def check_module(module):
+    """The ways `module` does not provide exactly what its FAMILIES declare
+    (an empty list when it does): a family it lists without the API, an
+    unknown family, or a factory for a family it does not list (which the
+    registry would never offer, so it is dead or the list is wrong)."""
+    declared = getattr(module, "FAMILIES", None)
+    if not isinstance(declared, tuple):
+        return ["has no FAMILIES tuple"]
+    problems = [f"lists the unknown family {f!r}" for f in declared if f not in FAMILIES]
+    for family in declared:
+        missing = [n for n in API.get(family, ()) if not hasattr(module, n)]
+        if missing:
+            problems.append(f"lists {family} but lacks {', '.join(missing)}")
+    for family in _FACTORIES:
+        if family not in declared and callable(getattr(module, family, None)):
+            problems.append(f"has a {family} factory but does not list {family}")
+    return problems
 
 _loaded = {}
 
@@ -100,9 +138,15 @@ def _load_module(modname):
         except ImportError as e:
             result = (None, f"failed to import: {e}")
         else:
-            check = getattr(module, "unavailable", None)
-            reason = check() if check is not None else None
-            result = (None, reason) if reason else (module, None)
+            problems = check_module(module)
+            if problems:
+                # A bug in mpx, not in the machine: say so wherever the
+                # backend would have been offered.
+                result = (None, f"{modname} is broken: {'; '.join(problems)}")
+            else:
+                check = getattr(module, "unavailable", None)
+                reason = check() if check is not None else None
+                result = (None, reason) if reason else (module, None)
         _loaded[modname] = result
     return _loaded[modname]
 
