@@ -61,7 +61,7 @@ from ... import _serial
 from ... import _trust
 from . import codec as _ring_codec, watch as _ring_watch
 from ... import _timeouts
-from ...queues import ShutDown
+from ..._exceptions import ShutDown
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
