@@ -16,7 +16,7 @@ __all__ = ["add_bench_arguments", "run_bench"]
 
 def add_bench_arguments(parser):
     parser.add_argument("--quick", action="store_true",
-                        help="a reduced set of cases, shorter runs: under a minute")
+                        help="a reduced set of cases, shorter runs: about a minute")
     parser.add_argument("--smoke", action="store_true",
                         help="every case with tiny counts, once: checks that each "
                              "runs and delivers intact (figures mean nothing)")
