@@ -200,10 +200,9 @@ class RingError(ValueError):
     """A file is not a usable mpx ring (foreign, other version, damaged)."""
 
 
-class RingClosed(OSError, ValueError):
-    """A call on a closed ring. An OSError, as a stdlib Connection raises for
-    a closed handle (the shm Pipe's send/recv are this ring's methods), and a
-    ValueError, as closed files raise."""
+# Defined in Python, below every backend: the posix and sysv queues raise
+# it too, and must not import this extension for it.
+from mpx._exceptions import RingClosed
 
 
 class RingEmpty(Exception):

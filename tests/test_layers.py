@@ -80,3 +80,13 @@ def test_no_import_reaches_up(modname, path, is_package):
             if mine and theirs and mine != theirs:
                 bad.append(name)            # backends never import each other
     assert not bad, f"{modname} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("modname,path,is_package", MODULES, ids=[m[0] for m in MODULES])
+def test_only_the_shm_backend_imports_the_ring(modname, path, is_package):
+    """The ring extension is the shm backend's mechanism; code that others
+    share (the compact codec, RingClosed) lives in modules of its own."""
+    if _under(modname, "mpx.backends.shm"):
+        return
+    bad = [n for n in set(_imports(modname, path, is_package)) if _under(n, "mpx._ext.ring")]
+    assert not bad, f"{modname} imports {sorted(bad)}"

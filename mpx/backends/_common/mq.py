@@ -64,7 +64,8 @@ import time
 import weakref
 
 from ... import _names, _timeouts, _trust
-from ..._ext.ring import RingClosed, dumps_compact, loads_compact
+from ..._exceptions import RingClosed
+from ..._ext.compact import dumps_compact, loads_compact
 from ..._ext.sync import SharedWord
 from ..._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
 

@@ -34,7 +34,7 @@ import functools
 import pickle
 
 from ... import _serial
-from ..._ext.ring import dumps_compact, loads_compact
+from ..._ext.compact import dumps_compact, loads_compact
 
 __all__ = ["TAG_PICKLE", "TAG_OOB", "TAG_BYTES", "TAG_TEXT", "TAG_NDARRAY",
            "TAG_COMPACT", "TAG_BYTEARRAY", "OOB_RETRY", "Codec"]
