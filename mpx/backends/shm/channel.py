@@ -112,16 +112,11 @@ import time
 import weakref
 
 from ..._timeouts import seconds
+from . import DEFAULT_CAPACITY      # the ring size when none is given (also queues')
 
 __all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
            "unavailable", "check_capacity", "check_spin", "DEFAULT_CAPACITY",
            "DEFAULT_SPIN"]
-
-# Ring size of a pipe direction when none is given. A 1 MiB message is
-# smaller than half of it and so streams through the ring itself, whose
-# pages stay warm; bigger ones go through the ring's overflow area. Pages
-# are only allocated as the ring is first used.
-DEFAULT_CAPACITY = 4 << 20
 
 # Longest spin before sleeping, in seconds (the ring adapts between a
 # quarter of this and all of it). A cross-process wake-up costs ~40 us on

@@ -62,6 +62,7 @@ from ... import _trust
 from . import codec as _ring_codec, watch as _ring_watch
 from ... import _timeouts
 from ..._exceptions import ShutDown
+from . import DEFAULT_CAPACITY      # the ring size when none is given (also pipes')
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
@@ -72,13 +73,6 @@ __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pool")
 
 SHM_DIR = "/dev/shm"
-
-# Ring size when none is given: room for ~80000 small messages, and for 1 MiB
-# arrays to stream through the ring itself (faster than the overflow area,
-# whose pages go cold between uses). Pages are only allocated as the ring is
-# first used, so a queue that carries little costs little.
-DEFAULT_CAPACITY = 4 << 20
-
 
 _KIND_CODES = {"Queue": 1, "SimpleQueue": 2, "JoinableQueue": 3}
 _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
