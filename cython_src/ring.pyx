@@ -1,7 +1,7 @@
 # The shared-memory ring (see ring.pxd for the layout and the design).
 #
-# Python face, used by mpx/backends/shm.py (and meant for the shm Pipe too:
-# one ring per direction):
+# Python face, used by the shm backend (mpx/backends/shm/: its queues, and
+# its Pipe with one ring per direction):
 #
 #   Ring.create(fd, capacity, ...)   initialise a new ring in the file `fd`
 #   Ring.attach(fd)                  map an existing ring, validating its header
@@ -718,7 +718,8 @@ cdef class Ring:
     cdef public int crash_point     # tests only: SIGKILL this process at that point
     # Object hooks, set by the policy layer (the ring never looks inside):
     # put_obj/get_obj run the common case of "object -> bytes -> ring" in
-    # compiled code and hand every other case back to the policy.
+    # compiled code and hand every other case back to the policy. When each
+    # is called and what it may do: "The hooks" in ring.pxd.
     cdef public object enc_plain    # set of types enc_dumps handles (membership only)
     cdef public object enc_dumps    # obj -> bytes, for types in enc_plain
     cdef public object enc_big      # (obj, bytes) -> (msg, tag) for a stream >= enc_big_size
@@ -729,7 +730,7 @@ cdef class Ring:
     cdef public int dec_compact_tag # single-part messages with this tag are compact encodings
     cdef public object dec_loads    # bytes -> obj, for single-part tag-0 messages
     cdef public object dec_other    # message -> obj, for every other message
-    # Channel hooks, for send_obj/recv_obj (set by _ring_channel.py):
+    # Channel hooks, for send_obj/recv_obj (set by mpx/backends/shm/channel.py):
     cdef public int bell_aux        # after a send: aux word to look at (-1: none)...
     cdef public uint32_t bell_value # ...and if it holds this, call on_bell()
     cdef public object on_bell
@@ -1799,7 +1800,7 @@ cdef class Ring:
 
     cdef int _ring_bell(self) except -1:
         """A publish found aux word bell_aux at bell_value (armed): with a
-        bell_fd, ring it as a channel's writer does (_ring_channel's module
+        bell_fd, ring it as a channel's writer does (channel.py's module
         docstring: one writer per arming, and a ring the reader was quicker
         than is taken back); otherwise call on_bell()."""
         cdef uint32_t* armed
