@@ -59,9 +59,9 @@ from multiprocessing.context import ProcessError, get_spawning_popen
 import multiprocessing
 import multiprocessing.managers as _std
 
-from . import _serial
-from . import backends as _registry
-from ._timeouts import seconds as _seconds
+from .. import _serial
+from .. import backends as _registry
+from .._timeouts import seconds as _seconds
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token", "Server",
            "Namespace", "Value", "Array", "RemoteError", "RemoteTraceback",
