@@ -80,7 +80,7 @@ class Connection(_std.Connection, metaclass=_ConnectionType):
 
 # multiprocessing.reduction.send_handle(conn, fd, pid) and recv_handle(conn)
 # reach the socket under a connection through conn.fileno(). An shm Pipe
-# end's fileno() is a readiness descriptor (see mpx.backends.shm_pipe),
+# end's fileno() is a readiness descriptor (see mpx.backends.shm.pipe),
 # and a fifo end or a simplex pipe-backend end has no socket at all. So
 # those two functions are wrapped, once, when mpx is imported: an end whose
 # class carries descriptors itself (``_send_handle``/``_recv_handle``: the

@@ -1,8 +1,10 @@
 """The backend registry: which backends exist, what they provide, which is used.
 
 A backend is one or more modules in this package (one per mechanism: the
-"posix" backend has its message queues in ``posix_mq`` and its shared memory
-in ``posix_shm``). A module provides some of the object families below as
+"posix" backend has its message queues in ``posix.mq`` and its shared memory
+in ``posix.segment``). A backend with several modules has a folder of its
+own (``shm/``, ``posix/``, ``sysv/``); helpers that several backends share
+live in ``_common/``, which the registry never lists. A module provides some of the object families below as
 module-level factory functions with the family's name, called as
 ``module.Queue(ctx, *args, serializer=..., **kwargs)`` where ``ctx`` is the
 mpx context asking (for the start method and the stdlib context) and

@@ -2,7 +2,7 @@
 
 Mechanism only (the array header and everything numpy is
 ``mpx.sharedarray``'s business): this module offers the segment API that
-``mpx.backends._segment`` describes, with ``Segment.flush()`` writing the
+``mpx.backends._common.segment`` describes, with ``Segment.flush()`` writing the
 pages to the file, and ``array_dir()`` besides.
 
 Names: a name containing '/' is a file path (made absolute, so a handle means

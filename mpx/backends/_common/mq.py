@@ -3,7 +3,7 @@
 Not a backend (the registry never loads it): the queue API both backends
 present, the message framing, the "tag" segment every queue carries and the
 side segments that carry messages too large for a kernel queue. The backend
-modules (``posix_mq``, ``sysv_mq``) add only what differs: how a kernel queue
+modules (``posix.mq``, ``sysv.mq``) add only what differs: how a kernel queue
 is created, opened, sent to, received from and removed.
 
 Framing

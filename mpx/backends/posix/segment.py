@@ -3,7 +3,7 @@
 Mechanism only: this module makes, maps and removes segments of raw bytes.
 What lives in them (the array header, dtype, shape) is ``mpx.sharedarray``'s
 business; nothing here imports it. The segment API, the same in
-``posix_shm``, ``sysv_shm`` and ``file``, is described in ``_segment``.
+``posix.segment``, ``sysv.segment`` and ``file``, is described in ``_common.segment``.
 
 How this backend does it
 ------------------------

@@ -1,7 +1,7 @@
 """Two processes talking over a pair of shared-memory rings.
 
-Not a backend: the one mechanism that the shm Pipe (``shm_pipe``) and the
-shm Manager transport (``shm_manager``) share. A :class:`Channel` is one end:
+Not a backend: the one mechanism that the shm Pipe (``pipe``) and the
+shm Manager transport (``manager``) share. A :class:`Channel` is one end:
 it writes messages into one ring (``mpx._ext.ring``) and reads them from
 another (a simplex end has only one of the two). Besides the rings each end
 holds:

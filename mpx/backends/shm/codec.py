@@ -1,5 +1,5 @@
 """How objects become ring messages, for every object of the shm backend
-(the queues in ``shm``, the Pipe in ``shm_pipe``).
+(its queues in ``queues``, its Pipe in ``pipe``).
 
 A ring message (``mpx._ext.ring``) is a list of byte strings ("parts") and
 an 8-bit tag that says how to read them:

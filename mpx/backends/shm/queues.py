@@ -44,7 +44,7 @@ How a queue travels to another process
     any that is still alive, and checks the ring's random id to be sure it
     found the same queue.
 
-Messages in the ring: see ``_ring_codec`` (shared with the shm Pipe).
+Messages in the ring: see ``codec`` (shared with the shm Pipe).
 """
 
 import collections
@@ -350,7 +350,7 @@ def _reopen(handle, name, ring_id, mode):
     how = handle[0]
     if how == "dup":
         # Handed over at process start: the descriptor came with us, and is
-        # ours now (so is the bell's, see _ring_watch). (spawn passes them
+        # ours now (so is the bell's, see watch.py). (spawn passes them
         # inheritable; a program this process runs must not get them.)
         fd = handle[1].detach()
         os.set_inheritable(fd, False)
@@ -719,7 +719,7 @@ class _RingQueue(_QueueRings):
         ring = self._live_ring()
         ring.shutdown()
         if ring.bell_fd >= 0:
-            # A shut-down queue is readable to wait() (see _ring_watch).
+            # A shut-down queue is readable to wait() (see watch.py).
             _ring_watch.ring_the_bell(ring.bell_fd)
         if immediate:
             self._stash.clear()

@@ -2,7 +2,7 @@
 
 Mechanism only (the array header and everything numpy is
 ``mpx.sharedarray``'s business): this module offers the segment API that
-``mpx.backends._segment`` describes, with ``HASHED_NAMES`` true, and
+``mpx.backends._common.segment`` describes, with ``HASHED_NAMES`` true, and
 ``key_for(name)`` besides.
 
 Names: SysV segments have integer keys, not names, so a name is hashed to a
