@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = "cython_src"
 # The modules mpx cannot work without; a tree missing one is incomplete.
-REQUIRED = ("ring", "sync")
+REQUIRED = ("ring", "sync", "compact")
 
 
 def extensions():

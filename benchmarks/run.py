@@ -3,14 +3,14 @@
     python benchmarks/run.py --quick
     python benchmarks/run.py --cases 'queue-*' --json results.json --plot results.png
 
-The harness itself lives in the package (``mpx/_bench*.py``) so that
+The harness itself lives in the package (``mpx/bench/``) so that
 ``python -m mpx bench`` works from any directory; this script only calls it.
 """
 
 import argparse
 import sys
 
-from mpx import _bench
+from mpx import bench as _bench
 
 
 def main(argv=None):

@@ -1,6 +1,9 @@
 # The compact codec: objects made only of exact builtin types, encoded and
-# decoded in C. Included into ring.pyx, so that put_obj/get_obj call it
-# without a Python frame.
+# decoded in C. Written once, here, and included twice: into ring.pyx, so
+# that put_obj/get_obj call it without a Python frame (and with no call
+# through another module), and into compact.pyx, the module
+# ``mpx._ext.compact`` that the posix and sysv queues (and the shm codec's
+# Python side) import, so that no backend imports another's extension.
 #
 # Why: the common message (a tuple of an int, a str and a float) costs
 # ~0.45 us to pickle.dumps and ~0.4 us to pickle.loads, which is most of what
@@ -333,14 +336,3 @@ cdef object compact_loads(object data):
     finally:
         PyBuffer_Release(&view)
 
-
-def dumps_compact(obj):
-    """The compact encoding of `obj` (bytes), or None when `obj` is not made
-    only of exact None, bool, int (64-bit), float, str, bytes, tuple, list and
-    dict, or pickle would keep something the encoding loses (see compact.pxi)."""
-    return compact_dumps(obj)
-
-
-def loads_compact(data):
-    """The object a compact encoding stands for; ValueError if it is damaged."""
-    return compact_loads(data)

@@ -3,7 +3,7 @@
 #
 # Mechanism only: it moves lists of byte buffers ("parts") with a small
 # integer tag; it knows nothing of pickling or of the public API (that is
-# mpx/backends/shm.py). This file holds the shared layout and its inline
+# the shm backend, mpx/backends/shm/). This file holds the shared layout and its inline
 # helpers (other extension modules may `from ring cimport ...` them, as with
 # sync.pxd: nothing is imported at run time); the Ring class itself is in
 # ring.pyx, used from Python as mpx._ext.ring.Ring.
@@ -44,6 +44,50 @@
 # - Every sleep is cut into slices of at most a second, re-checking after
 #   each: the bound on any stall a kill between publish and wake-up leaves.
 
+#
+# The hooks: where the ring stops and Python begins.
+# For speed the ring turns the common objects into messages and back in C
+# (Ring.put_obj/get_obj/put_many_obj/send_obj/recv_obj, the Connection's
+# conn_send/conn_recv and the queue's queue_put/queue_get); for the rest it
+# calls hooks, public attributes of each Ring that the shm backend sets
+# (mpx/backends/shm/codec.py builds the enc_*/dec_* set, channel.py the on_*
+# set). A ring with no hooks set turns no object into a message (put_obj
+# raises TypeError); put() and get() of ready messages need none. The
+# contract, hook by hook:
+# - Encoding, in this order, for each object (Ring._encode_obj):
+#   1. exact bytes, if enc_bytes_tag >= 0: the object is the message, with
+#      that tag (no call);
+#   2. exact None, bool, int, float, str, tuple, list or dict, if
+#      enc_compact_tag >= 0: compact.pxi's encoding, with that tag, unless
+#      it gives up (no call);
+#   3. a type in the set enc_plain: enc_dumps(obj) -> bytes, sent with tag 0
+#      when shorter than enc_big_size, else enc_big(obj, those bytes) ->
+#      (msg, tag) decides (to re-pickle with buffers out of band);
+#   4. anything else: enc_other(obj) -> (msg, tag).
+#   Every encoding hook runs before any lock is taken and before anything
+#   is written: it may raise (the caller gets its exception and the ring is
+#   unchanged; put_many_obj encodes every object first, so one failure puts
+#   nothing), and it may release the GIL or use other rings. It must not
+#   keep `msg` for later changes: the ring copies it after the hook returns.
+#   enc_plain is looked up, never copied: the policy may add types to it.
+# - Decoding, for each message taken (Ring._decode_msg), after the take has
+#   been published (the message is no longer in the ring):
+#   1. a bytes message (one part, tag 0): dec_loads(bytes) -> object;
+#   2. a one-part message with tag dec_compact_tag: compact.pxi's decoder;
+#   3. anything else: dec_other((tag, parts)) -> object.
+#   A decoding hook that raises loses that message only; its exception
+#   reaches the caller of get (get_many's decode_into keeps the objects
+#   decoded before it).
+# - Channel hooks, after the ring's own work is done and no lock is held:
+#   on_bell() after a send whose publish found aux word bell_aux holding
+#   bell_value (the reader is asleep and wants a wake-up; with bell_fd >= 0
+#   the ring rings that eventfd itself instead); on_full(msg, tag) when
+#   send_obj finds no room (the hook waits its own way and puts the encoded
+#   message; the object is not encoded again); on_take() after a take while
+#   aux word watch_aux is non-zero (the writer waits for room), before the
+#   message is decoded; on_empty() -> object when recv_obj has waited
+#   recv_wait seconds in the ring (it sleeps its own way and returns what
+#   arrives). They may raise; the ring's state is complete either way.
 #
 # Files, and what a ring can and cannot defend against:
 # - attach refuses a file shorter than its header's size plus its capacity,

@@ -1,7 +1,7 @@
 # The shared-memory ring (see ring.pxd for the layout and the design).
 #
-# Python face, used by mpx/backends/shm.py (and meant for the shm Pipe too:
-# one ring per direction):
+# Python face, used by the shm backend (mpx/backends/shm/: its queues, and
+# its Pipe with one ring per direction):
 #
 #   Ring.create(fd, capacity, ...)   initialise a new ring in the file `fd`
 #   Ring.attach(fd)                  map an existing ring, validating its header
@@ -47,7 +47,7 @@ from posix.time cimport CLOCK_MONOTONIC
 from sync cimport (mpx_load32, mpx_store32, mpx_add32, mpx_cas32,
                    mpx_load64, mpx_store64, mpx_add64, mpx_cas64,
                    mpx_cpu_relax, mpx_futex_wait, mpx_futex_wake, monotonic_ns,
-                   sched_yield, EINTR, ETIMEDOUT)
+                   sched_yield, mpx_crowded, EINTR, ETIMEDOUT)
 
 from ring cimport (pthread_mutex_t, pthread_mutexattr_t, pthread_mutexattr_init,
                    pthread_mutexattr_destroy, pthread_mutexattr_setpshared,
@@ -76,24 +76,6 @@ cdef extern from *:
     #include <sys/mman.h>
     #include <sys/stat.h>
     #include <unistd.h>
-
-    /* Number of runnable tasks on the machine right now (the 4th field of
-       /proc/loadavg, "running/total"), or -1 if unknown. */
-    static int mpx_nr_running(void) {
-        char buf[128];
-        int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return -1;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0) return -1;
-        buf[n] = 0;
-        char *p = buf;
-        for (int spaces = 0; *p && spaces < 3; p++)
-            if (*p == ' ') spaces++;
-        int r = 0, digits = 0;
-        while (*p >= '0' && *p <= '9') { r = r * 10 + (*p - '0'); p++; digits++; }
-        return digits ? r : -1;
-    }
 
     static inline int mpx_errno(void) { return errno; }
 
@@ -163,7 +145,6 @@ cdef extern from *:
         return pthread_atfork(NULL, NULL, mpx_after_fork_child);
     }
     """
-    int mpx_nr_running() noexcept nogil
     int mpx_errno() noexcept nogil
     void mpx_punch(int fd, uint64_t off, uint64_t length) noexcept nogil
     int mpx_fallocate(int fd, uint64_t off, uint64_t length) noexcept nogil
@@ -200,10 +181,9 @@ class RingError(ValueError):
     """A file is not a usable mpx ring (foreign, other version, damaged)."""
 
 
-class RingClosed(OSError, ValueError):
-    """A call on a closed ring. An OSError, as a stdlib Connection raises for
-    a closed handle (the shm Pipe's send/recv are this ring's methods), and a
-    ValueError, as closed files raise."""
+# Defined in Python, below every backend: the posix and sysv queues raise
+# it too, and must not import this extension for it.
+from mpx._exceptions import RingClosed
 
 
 class RingEmpty(Exception):
@@ -230,10 +210,6 @@ cdef enum:
 # (a pthread mutex wait is not interrupted by signals).
 cdef enum:
     LOCK_SLICE_NS = 20000000
-# How often the machine's run queue is sampled to decide whether spinning
-# can pay off.
-cdef enum:
-    LOAD_SAMPLE_NS = 20000000
 cdef enum:
     MIN_CAPACITY = 4096
 # Which lock _lock takes (its repair differs).
@@ -316,9 +292,6 @@ DEFAULT_SPIN_US = _env_spin_us()
 # runnable than there are cores), "1" always, "0" never.
 _SPIN_YIELD = _env_spin_yield()
 cdef int _yield_mode = 1 if _SPIN_YIELD == "1" else (0 if _SPIN_YIELD == "0" else -1)
-cdef int _ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-cdef int64_t _load_checked = 0
-cdef bint _crowded = False
 
 
 # mpx_pid_now: see the C block above (Ring._enter counts calls per process).
@@ -327,18 +300,11 @@ if mpx_pid_init() != 0:
 
 
 cdef inline bint crowded() noexcept nogil:
-    """True when more tasks are runnable than there are cores: then a spinner
-    only steals time from the process it waits for, so spin very little."""
-    global _load_checked, _crowded
+    """Whether a spinning waiter yields its core: MPX_SPIN_YIELD's answer,
+    or by default sync's (more tasks runnable than cores)."""
     if _yield_mode >= 0:
         return _yield_mode
-    cdef int64_t now = monotonic_ns()
-    cdef int n
-    if now - _load_checked > LOAD_SAMPLE_NS:
-        _load_checked = now
-        n = mpx_nr_running()
-        _crowded = n > _ncpu
-    return _crowded
+    return mpx_crowded(monotonic_ns())
 
 
 cdef inline uint64_t round8(uint64_t n) noexcept nogil:
@@ -420,6 +386,21 @@ cdef inline int64_t to_deadline(bint block, object timeout) except? -2:
 
 cdef inline bint expired(int64_t deadline) noexcept nogil:
     return deadline >= 0 and monotonic_ns() >= deadline
+
+
+cdef inline int64_t _slice(int64_t deadline) noexcept nogil:
+    """How long the next sleep may last: until `deadline` (monotonic ns; -1
+    none), but at most MAX_SLEEP_NS, so that every sleeper looks around
+    (at a close() from its own process, a dead peer) at least that often.
+    0 when the deadline has passed."""
+    cdef int64_t left = MAX_SLEEP_NS
+    if deadline >= 0:
+        left = deadline - monotonic_ns()
+        if left <= 0:
+            return 0
+        if left > MAX_SLEEP_NS:
+            left = MAX_SLEEP_NS
+    return left
 
 
 cdef inline int64_t _lock_deadline(bint block, int64_t deadline) noexcept nogil:
@@ -737,7 +718,8 @@ cdef class Ring:
     cdef public int crash_point     # tests only: SIGKILL this process at that point
     # Object hooks, set by the policy layer (the ring never looks inside):
     # put_obj/get_obj run the common case of "object -> bytes -> ring" in
-    # compiled code and hand every other case back to the policy.
+    # compiled code and hand every other case back to the policy. When each
+    # is called and what it may do: "The hooks" in ring.pxd.
     cdef public object enc_plain    # set of types enc_dumps handles (membership only)
     cdef public object enc_dumps    # obj -> bytes, for types in enc_plain
     cdef public object enc_big      # (obj, bytes) -> (msg, tag) for a stream >= enc_big_size
@@ -748,7 +730,7 @@ cdef class Ring:
     cdef public int dec_compact_tag # single-part messages with this tag are compact encodings
     cdef public object dec_loads    # bytes -> obj, for single-part tag-0 messages
     cdef public object dec_other    # message -> obj, for every other message
-    # Channel hooks, for send_obj/recv_obj (set by _ring_channel.py):
+    # Channel hooks, for send_obj/recv_obj (set by mpx/backends/shm/channel.py):
     cdef public int bell_aux        # after a send: aux word to look at (-1: none)...
     cdef public uint32_t bell_value # ...and if it holds this, call on_bell()
     cdef public object on_bell
@@ -1279,6 +1261,31 @@ cdef class Ring:
                 mpx_punch(self.fd, h.ovf_pending_off, h.ovf_pending_len)
             mpx_store64(&h.ovf_pending_len, 0)
 
+    # Every sleep of the ring, whatever word it sleeps on, is these two
+    # steps: _slice() says how long (the deadline's rest, at most
+    # MAX_SLEEP_NS, or 0 when the deadline has passed); the caller then sets
+    # its word's WAIT flag (each word keeps its own) and _sleep() sleeps.
+
+    cdef int _sleep(self, uint32_t* addr, uint32_t expected, int64_t left) except -1:
+        """Sleep on the futex at `addr` while it holds `expected`, for at
+        most `left` ns, without the GIL. Returns the futex's answer: 0
+        (woken, or the word had changed), ETIMEDOUT (the slice ended) or
+        EINTR (a signal: its Python handler has run, and Ctrl-C raises
+        here). Raises RingClosed if another thread of this process closes
+        the ring before or during the sleep: close() wakes the word, and the
+        slice (at most MAX_SLEEP_NS) bounds the rare close that lands between
+        the look at `closing` and the sleep."""
+        cdef int r
+        if self.closing:
+            self._closed_while_waiting()
+        with nogil:
+            r = mpx_futex_wait(addr, expected, left)
+        if self.closing:
+            self._closed_while_waiting()
+        if r == EINTR:
+            PyErr_CheckSignals()
+        return r
+
     cdef int _wait(self, uint64_t* word, uint64_t seen, int64_t deadline) except -1:
         """Wait until *word no longer equals `seen`: spin briefly, then sleep
         on the futex in the word's low half. Returns 1 to make the caller
@@ -1333,29 +1340,15 @@ cdef class Ring:
         cur = mpx_load64(word)
         if cur != seen:
             return 1
-        left = MAX_SLEEP_NS
-        if deadline >= 0:
-            left = deadline - monotonic_ns()
-            if left <= 0:
-                return 0
-            if left > MAX_SLEEP_NS:
-                left = MAX_SLEEP_NS
+        left = _slice(deadline)
+        if left == 0:
+            return 0
         if not (cur & MPX_F_WAIT):
             if not mpx_cas64(word, cur, cur | MPX_F_WAIT):
                 return 1
             cur |= MPX_F_WAIT
-        # (A close() between this look and the sleep wakes the word before
-        # we sleep on it; the sleep's slice, at most MAX_SLEEP_NS, bounds
-        # that rare delay.)
-        if self.closing:
-            self._closed_while_waiting()
-        with nogil:
-            r = mpx_futex_wait(mpx_lo32(word), <uint32_t>cur, left)
-        if self.closing:
-            self._closed_while_waiting()
-        if r == EINTR:
-            PyErr_CheckSignals()
-        elif r == ETIMEDOUT and expired(deadline):
+        r = self._sleep(mpx_lo32(word), <uint32_t>cur, left)
+        if r == ETIMEDOUT and expired(deadline):
             return 0
         return 1
 
@@ -1556,7 +1549,7 @@ cdef class Ring:
         cdef mpx_ring_header* h = self.hdr
         cdef uint64_t a
         cdef int64_t left
-        cdef int r = 1, fr
+        cdef int r = 1
         if not self._lock(&h.prod_wait, deadline, SIDE_WAIT):
             return 0
         try:
@@ -1564,28 +1557,17 @@ cdef class Ring:
                 a = mpx_load64(&h.area_head)
                 if (a & ~(<uint64_t>AREA_WAIT)) != seen or (mpx_load64(&h.tail) & MPX_F_SHUT):
                     break
-                left = MAX_SLEEP_NS
-                if deadline >= 0:
-                    left = deadline - monotonic_ns()
-                    if left <= 0:
-                        r = 0
-                        break
-                    if left > MAX_SLEEP_NS:
-                        left = MAX_SLEEP_NS
+                left = _slice(deadline)
+                if left == 0:
+                    r = 0
+                    break
                 if mpx_load64(&h.area_cpend) and self._poke_consumers():
                     continue
                 if not (a & AREA_WAIT):
                     if not mpx_cas64(&h.area_head, a, a | AREA_WAIT):
                         continue
                     a |= AREA_WAIT
-                if self.closing:
-                    self._closed_while_waiting()
-                with nogil:
-                    fr = mpx_futex_wait(mpx_lo32(&h.area_head), <uint32_t>a, left)
-                if self.closing:
-                    self._closed_while_waiting()
-                if fr == EINTR:
-                    PyErr_CheckSignals()
+                self._sleep(mpx_lo32(&h.area_head), <uint32_t>a, left)
         finally:
             pthread_mutex_unlock(&h.prod_wait)
         return r
@@ -1818,7 +1800,7 @@ cdef class Ring:
 
     cdef int _ring_bell(self) except -1:
         """A publish found aux word bell_aux at bell_value (armed): with a
-        bell_fd, ring it as a channel's writer does (_ring_channel's module
+        bell_fd, ring it as a channel's writer does (channel.py's module
         docstring: one writer per arming, and a ring the reader was quicker
         than is taken back); otherwise call on_bell()."""
         cdef uint32_t* armed
@@ -2428,33 +2410,21 @@ cdef class Ring:
         cdef mpx_ring_header* h = self.hdr
         cdef int64_t deadline = to_deadline(True, timeout), left
         cdef uint32_t a
-        cdef int r
         cdef int pid = self._enter()
         try:
             while True:
                 a = mpx_load32(&h.acked)
                 if ((mpx_cnt(mpx_load64(&h.tail)) - (a & MPX_CNT_MASK)) & MPX_CNT_MASK) == 0:
                     return True
-                left = MAX_SLEEP_NS
-                if deadline >= 0:
-                    left = deadline - monotonic_ns()
-                    if left <= 0:
-                        return False
-                    if left > MAX_SLEEP_NS:
-                        left = MAX_SLEEP_NS
+                left = _slice(deadline)
+                if left == 0:
+                    return False
                 if not (a & MPX_ACK_WAIT):
                     if not mpx_cas32(&h.acked, a, a | MPX_ACK_WAIT):
                         continue
                     a |= MPX_ACK_WAIT
-                if self.closing:
-                    self._closed_while_waiting()
-                with nogil:
-                    r = mpx_futex_wait(&h.acked, a, left)
-                # close() from another thread wakes `acked` (see close).
-                if self.closing:
-                    self._closed_while_waiting()
-                if r == EINTR:
-                    PyErr_CheckSignals()
+                # (close() from another thread wakes `acked`: see close.)
+                self._sleep(&h.acked, a, left)
         finally:
             self._leave(pid)
 
@@ -2498,30 +2468,15 @@ cdef class Ring:
         cdef int k = _aux(i)
         cdef uint32_t* w
         cdef int64_t deadline = to_deadline(True, timeout), left
-        cdef int r
         cdef int pid = self._enter()
         w = &self.hdr.aux[k]
         self.aux_waiters[k] += 1     # so that close() wakes this word
         try:
             while mpx_load32(w) == expected:
-                # Slices, as every sleep here: a close() that lands between
-                # the look at `closing` and the sleep is seen at the next.
-                left = MAX_SLEEP_NS
-                if deadline >= 0:
-                    left = deadline - monotonic_ns()
-                    if left <= 0:
-                        return False
-                    if left > MAX_SLEEP_NS:
-                        left = MAX_SLEEP_NS
-                if self.closing:
-                    self._closed_while_waiting()
-                with nogil:
-                    r = mpx_futex_wait(w, expected, left)
-                if self.closing:
-                    self._closed_while_waiting()
-                if r == EINTR:
-                    PyErr_CheckSignals()
-                elif r == 0:
+                left = _slice(deadline)
+                if left == 0:
+                    return False
+                if self._sleep(w, expected, left) == 0:
                     return True
             return True
         finally:

@@ -11,7 +11,7 @@ from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.stdint cimport uint32_t, int64_t, uintptr_t
 from sync cimport (mpx_load32, mpx_store32, mpx_add32, mpx_cas32, mpx_cpu_relax,
                    mpx_futex_wait, mpx_futex_wake, monotonic_ns, sched_yield,
-                   EINTR, ETIMEDOUT)
+                   mpx_crowded, mpx_ncpu, EINTR, ETIMEDOUT)
 
 import os
 
@@ -19,6 +19,17 @@ import os
 # A cross-process futex round trip costs ~40 us on this kind of VM, a spin
 # round trip ~0.1 us, so a few thousand iterations pay for themselves.
 DEFAULT_SPIN = int(os.environ.get("MPX_SPIN", "2000"))
+
+
+def crowded():
+    """True when more tasks are runnable than this process has cores (see
+    mpx_crowded in sync.pxd): then a waiter should sleep, not spin."""
+    return mpx_crowded(monotonic_ns())
+
+
+def cpu_count():
+    """The cores this process may run on (its affinity mask)."""
+    return mpx_ncpu()
 
 
 def monotonic():

@@ -8,7 +8,7 @@ import sys
 # add_<command>_arguments(parser) and run_<command>(args); only the chosen
 # command's module is imported, so one command's trouble never breaks another.
 COMMANDS = {
-    "bench": ("mpx._bench", "compare mpx with multiprocessing, faster-fifo, pyzmq, ..."),
+    "bench": ("mpx.bench", "compare mpx with multiprocessing, faster-fifo, pyzmq, ..."),
     "backends": ("mpx.backends._cli", "show the backends, what each offers here, and the defaults"),
     "ls": ("mpx._objects", "list the named mpx objects on this machine"),
     "rm": ("mpx._objects", "remove named mpx objects"),

@@ -44,7 +44,7 @@ import time
 import weakref
 
 from ._timeouts import seconds as _seconds
-from .queues import ShutDown
+from ._exceptions import ShutDown
 
 __all__ = ["AsyncQueueMixin", "AsyncConnectionMixin"]
 

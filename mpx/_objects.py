@@ -71,6 +71,13 @@ def _known_modules():
     return {m for _, modules in BACKENDS.values() for m in modules}
 
 
+def _current_name(modname):
+    """The module that handles records naming `modname` today (records
+    written by an older mpx may name a module that has since moved)."""
+    from .backends import RENAMED_MODULES
+    return RENAMED_MODULES.get(modname, modname)
+
+
 def _module(entry):
     """The module a record names, if it is one of mpx's own: a backend
     module of the registry, or an mpx module that exists (a kind defined
@@ -80,6 +87,7 @@ def _module(entry):
     if not isinstance(modname, str) or not _MODULE_NAME.match(modname) \
             or modname.endswith(".__main__"):
         raise ImportError(f"record names no mpx module ({modname!r})")
+    modname = _current_name(modname)
     if modname in _known_modules() or modname in sys.modules:
         return importlib.import_module(modname)
     try:

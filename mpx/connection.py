@@ -36,7 +36,7 @@ del _name
 # returns is then a Connection, which is what the stubs declare. Its class
 # is looked up in sys.modules only, because no such end can exist before
 # that module is imported; the surface never imports a backend for this.
-_API_ONLY = (("mpx.backends.shm_pipe", "Connection"),)
+_API_ONLY = (("mpx.backends.shm.pipe", "Connection"),)
 
 
 def _is_connection_class(cls):
@@ -80,7 +80,7 @@ class Connection(_std.Connection, metaclass=_ConnectionType):
 
 # multiprocessing.reduction.send_handle(conn, fd, pid) and recv_handle(conn)
 # reach the socket under a connection through conn.fileno(). An shm Pipe
-# end's fileno() is a readiness descriptor (see mpx.backends.shm_pipe),
+# end's fileno() is a readiness descriptor (see mpx.backends.shm.pipe),
 # and a fifo end or a simplex pipe-backend end has no socket at all. So
 # those two functions are wrapped, once, when mpx is imported: an end whose
 # class carries descriptors itself (``_send_handle``/``_recv_handle``: the

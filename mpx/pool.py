@@ -79,7 +79,7 @@ from queue import Empty, Full as _Full
 from . import _aio, _serial
 from . import backends as _registry
 from ._timeouts import seconds as _seconds
-from .queues import ShutDown
+from ._exceptions import ShutDown
 
 __all__ = ["Pool", "ThreadPool"]
 

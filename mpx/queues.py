@@ -9,18 +9,11 @@ code that subclasses them; mpx's own queues come from ``mpx.Queue(...)``.
 """
 
 import multiprocessing.queues as _std
-import queue as _queue
 from queue import Empty, Full
 
-__all__ = ["Empty", "Full", "ShutDown", "Queue", "SimpleQueue", "JoinableQueue"]
+from ._exceptions import ShutDown
 
-if hasattr(_queue, "ShutDown"):
-    ShutDown = _queue.ShutDown
-else:
-    class ShutDown(Exception):
-        """Raised by put() after shutdown(), and by get() once a shut-down
-        queue is empty (Python 3.13's ``queue.ShutDown``, for older
-        Pythons)."""
+__all__ = ["Empty", "Full", "ShutDown", "Queue", "SimpleQueue", "JoinableQueue"]
 
 Queue = _std.Queue
 SimpleQueue = _std.SimpleQueue

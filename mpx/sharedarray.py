@@ -69,7 +69,7 @@ import numpy as np
 from . import _names
 from . import _trust
 from . import backends as _registry
-from .backends._segment import MAGIC, InvalidSegmentError
+from .backends._common.segment import MAGIC, InvalidSegmentError
 
 __all__ = ["SharedArray", "InvalidSegmentError", "list_arrays", "unlink", "LAYOUT_VERSION"]
 

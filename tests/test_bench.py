@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from mpx import _bench
-from mpx import _bench_cases as cases_mod
+from mpx import bench
+from mpx.bench import cases as cases_mod
+from mpx.bench import report, runner
 
 SMOKE_CASES = [c["name"] for c in cases_mod.CASES if c["in_smoke"]]
 ALWAYS = "mp.*,mpx.*[pipe]"        # the stdlib peers and mpx's stdlib-based backend
@@ -29,7 +30,7 @@ ALWAYS = "mp.*,mpx.*[pipe]"        # the stdlib peers and mpx's stdlib-based bac
 def smoke_results():
     # One run for the module (about 20-40 s here); the conftest's leak check
     # is per test, so the kernel peers get their own test below as well.
-    return _bench.run(smoke=True, timeout=60)
+    return bench.run(smoke=True, timeout=60)
 
 
 def _case(results, name):
@@ -59,7 +60,7 @@ def test_smoke_case(smoke_results, name):
 
 
 def test_smoke_run_removed_its_named_objects(smoke_results):
-    from mpx._bench_adapters import exists
+    from mpx.bench.contenders import exists
     named = smoke_results["named_objects"]
     kinds = {e["kind"] for e in named}
     assert [e for e in named if exists(e)] == []
@@ -74,7 +75,7 @@ def test_smoke_run_removed_its_named_objects(smoke_results):
 def test_kernel_queue_peers_leave_nothing():
     """Under the conftest's per-test leak check: the peers that create named
     kernel objects, and mpx's own named-queue backends."""
-    results = _bench.run(cases="queue-small,queue-bytes-1KiB", smoke=True,
+    results = bench.run(cases="queue-small,queue-bytes-1KiB", smoke=True,
                          contenders="posix_ipc+pickle,sysv_ipc+pickle,zmq*,"
                                     "mpx.Queue[posix],mpx.Queue[sysv]")
     for case in results["cases"]:
@@ -83,11 +84,11 @@ def test_kernel_queue_peers_leave_nothing():
 
 
 def test_smoke_results_render(smoke_results):
-    table = _bench.format_table(smoke_results, every=True)
+    table = bench.format_table(smoke_results, every=True)
     assert "SMOKE RUN" in table
     for name in SMOKE_CASES:
         assert name in table
-    md = _bench.format_markdown(smoke_results)
+    md = bench.format_markdown(smoke_results)
     assert md.splitlines()[2].startswith("| case | mpx |")
     # Smoke figures are never judged against the targets.
     assert all(t["state"] == "not measured" for t in smoke_results["targets"])
@@ -103,7 +104,7 @@ def test_unavailable_backends_are_reported(smoke_results):
             if c["side"] == "mpx" and c["status"] == "unavailable":
                 assert c["reason"]
                 if c["backend"] in rows and not rows[c["backend"]]["available"]:
-                    assert c["reason"] in _bench._dedupe(rows[c["backend"]]["reason"])
+                    assert c["reason"] in report._dedupe(rows[c["backend"]]["reason"])
 
 
 # --- failures are errors, never figures ------------------------------------------------
@@ -118,7 +119,7 @@ def test_unavailable_backends_are_reported(smoke_results):
     ("pipe-bytes-64KiB", "corrupt"),
 ])
 def test_damage_is_an_error(case, fault):
-    results = _bench.run(cases=case, smoke=True, contenders=ALWAYS,
+    results = bench.run(cases=case, smoke=True, contenders=ALWAYS,
                          _fault={"kind": fault}, timeout=30)
     rows = _case(results, case)["contenders"]
     assert rows
@@ -126,13 +127,13 @@ def test_damage_is_an_error(case, fault):
         assert c["status"] == "error", c
         assert "integrity check failed" in c["error"], c
         assert not c["figures"]
-    assert "ERROR" in _bench.format_table(results)
-    assert _bench._errors(results)
+    assert "ERROR" in bench.format_table(results)
+    assert report._errors(results)
 
 
 def test_hang_times_out():
     t0 = time.monotonic()
-    results = _bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
+    results = bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
                          _fault={"kind": "hang"}, timeout=2)
     assert time.monotonic() - t0 < 20
     (row,) = _case(results, "queue-small")["contenders"]
@@ -141,12 +142,12 @@ def test_hang_times_out():
 
 
 def test_crash_is_reported():
-    results = _bench.run(cases="roundtrip", smoke=True, contenders="mp.Pipe",
+    results = bench.run(cases="roundtrip", smoke=True, contenders="mp.Pipe",
                          _fault={"kind": "crash"}, timeout=20)
     (row,) = _case(results, "roundtrip")["contenders"]
     assert row["status"] == "error"
     assert "pong 0 died (exit code 3)" in row["error"], row
-    results = _bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
+    results = bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
                          _fault={"kind": "crash"}, timeout=20)
     (row,) = _case(results, "queue-small")["contenders"]
     assert row["status"] == "error"
@@ -155,10 +156,10 @@ def test_crash_is_reported():
 
 def test_stalled_measurement_is_killed_with_its_children(tmp_path, monkeypatch):
     import psutil
-    monkeypatch.setattr(_bench, "WATCHDOG_GRACE", 1.0)
+    monkeypatch.setattr(runner, "WATCHDOG_GRACE", 1.0)
     pidfile = tmp_path / "pids"
     t0 = time.monotonic()
-    results = _bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
+    results = bench.run(cases="queue-small", smoke=True, contenders="mp.Queue",
                          _fault={"kind": "stall", "pidfile": str(pidfile)}, timeout=1)
     assert time.monotonic() - t0 < 30
     (row,) = _case(results, "queue-small")["contenders"]
@@ -187,12 +188,12 @@ def test_stalled_measurement_is_killed_with_its_children(tmp_path, monkeypatch):
 def test_missing_peer_is_reported(monkeypatch):
     monkeypatch.setitem(cases_mod.PEERS, "faster-fifo",
                         ("mpx_no_such_module", "faster-fifo", "not installed here"))
-    results = _bench.run(cases="queue-small", smoke=True, contenders="faster-fifo,mp.Queue")
+    results = bench.run(cases="queue-small", smoke=True, contenders="faster-fifo,mp.Queue")
     rows = {c["name"]: c for c in _case(results, "queue-small")["contenders"]}
     assert rows["faster-fifo"]["status"] == "missing"
     assert "faster-fifo is not installed" in rows["faster-fifo"]["reason"]
     assert rows["mp.Queue"]["status"] == "ok"
-    table = _bench.format_table(results)
+    table = bench.format_table(results)
     assert "faster-fifo: missing" in table
     assert "pip install 'mpx[bench]'" in table
 
@@ -202,14 +203,14 @@ def test_missing_pool_peer_is_reported(monkeypatch):
     # still run and say what is missing.
     monkeypatch.setitem(cases_mod.PEERS, "loky",
                         ("mpx_no_such_module", "loky", "not installed here"))
-    results = _bench.run(cases="executor-map", smoke=True,
+    results = bench.run(cases="executor-map", smoke=True,
                          contenders="loky,mp.ProcessPoolExecutor,mpx.futures.ProcessPoolExecutor")
     rows = {c["name"]: c for c in _case(results, "executor-map")["contenders"]}
     assert rows["loky"]["status"] == "missing"
     assert "loky is not installed" in rows["loky"]["reason"]
     assert rows["mp.ProcessPoolExecutor"]["status"] == "ok"
     assert rows["mpx.futures.ProcessPoolExecutor"]["status"] == "ok"
-    assert "loky: missing" in _bench.format_table(results)
+    assert "loky: missing" in bench.format_table(results)
 
 
 def test_backend_not_available_is_reported_and_targets_say_so(monkeypatch):
@@ -218,10 +219,10 @@ def test_backend_not_available_is_reported_and_targets_say_so(monkeypatch):
     def with_imaginary(family):
         return real(family) + [("imaginary", "not built yet in this version of mpx")]
     monkeypatch.setattr(cases_mod, "mpx_backends", with_imaginary)
-    monkeypatch.setattr(_bench, "TARGETS", [
-        {"issue": 0, "case": "queue-small", "mpx": "mpx.Queue[imaginary]",
+    monkeypatch.setattr(report, "TARGETS", [
+        {"checks": "an imaginary backend", "case": "queue-small", "mpx": "mpx.Queue[imaginary]",
          "peer": "mp.Queue", "at_least": 2.0}])
-    results = _bench.run(cases="queue-small", smoke=True,
+    results = bench.run(cases="queue-small", smoke=True,
                          contenders="mpx.Queue[imaginary],mp.Queue")
     rows = {c["name"]: c for c in _case(results, "queue-small")["contenders"]}
     assert rows["mpx.Queue[imaginary]"]["status"] == "unavailable"
@@ -256,15 +257,15 @@ def _synthetic(mpx_figure, peer_figure, unit="msg/s", mode="full"):
     (30.0, 60.0, "us", "MISSED"),            # latency: 2x faster
 ])
 def test_targets_are_judged_from_the_run(monkeypatch, mpx_fig, peer_fig, unit, state):
-    monkeypatch.setattr(_bench, "TARGETS", [
-        {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+    monkeypatch.setattr(report, "TARGETS", [
+        {"checks": "the shm queue", "case": "queue-small", "mpx": "mpx.Queue[shm]",
          "peer": "mp.Queue", "at_least": 5.0},
-        {"issue": 3, "case": "queue-small", "mpx": "mpx.Queue[shm]",
+        {"checks": "the shm queue", "case": "queue-small", "mpx": "mpx.Queue[shm]",
          "peer": "faster-fifo", "at_least": 4.0},
-        {"issue": 3, "case": "roundtrip", "mpx": "mpx.Queue[shm]",
+        {"checks": "the shm queue", "case": "roundtrip", "mpx": "mpx.Queue[shm]",
          "peer": "mp.Pipe", "at_least": 8.0}])
     results = _synthetic(mpx_fig, peer_fig, unit)
-    _bench._derive(results)
+    report._derive(results)
     first, second, third = results["targets"]
     assert first["state"] == state
     assert first["value"] == pytest.approx(max(mpx_fig, peer_fig) / min(mpx_fig, peer_fig))
@@ -276,9 +277,9 @@ def test_targets_are_judged_from_the_run(monkeypatch, mpx_fig, peer_fig, unit, s
 
 
 def test_absolute_and_ceiling_targets(monkeypatch):
-    monkeypatch.setattr(_bench, "TARGETS", [
-        {"issue": 5, "case": "sharedarray-*", "mpx": "mpx.SharedArray[*]", "at_most": 1.0},
-        {"issue": 3, "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
+    monkeypatch.setattr(report, "TARGETS", [
+        {"checks": "hand-offs", "case": "sharedarray-*", "mpx": "mpx.SharedArray[*]", "at_most": 1.0},
+        {"checks": "the shm queue", "case": "queue-bytes-1MiB", "mpx": "mpx.Queue[shm]",
          "ceiling": "memcpy", "at_least": 0.6}])
 
     def case(name, kind, unit, rows):
@@ -293,7 +294,7 @@ def test_absolute_and_ceiling_targets(monkeypatch):
         case("memcpy", "memcpy", "GB/s", [
             {"name": "numpy copy", "side": "ceiling", "status": "ok", "median": 10.0}]),
     ]}
-    _bench._derive(results)
+    report._derive(results)
     states = [(t["mpx_run"], t["state"]) for t in results["targets"]]
     assert states == [("mpx.SharedArray[posix]", "met"), ("mpx.SharedArray[sysv]", "MISSED"),
                       ("mpx.Queue[shm]", "met")]
@@ -314,11 +315,11 @@ def test_case_selection():
     with pytest.raises(ValueError, match="no benchmark case matches"):
         cases_mod.select("no-such-case")
     with pytest.raises(ValueError, match="no contender matches"):
-        _bench.run(cases="queue-small", smoke=True, contenders="nobody")
+        bench.run(cases="queue-small", smoke=True, contenders="nobody")
 
 
 def test_payload_check_catches_damage():
-    from mpx._bench_worker import Payloads
+    from mpx.bench.worker import Payloads
     import numpy as np
     for mode in ("bytes", "numpy"):
         p = Payloads(mode, 4096)

@@ -22,7 +22,7 @@ import sysv_ipc
 import mpx
 from conftest import backends_for
 from mpx import _names, _objects
-from mpx.backends import sysv_mq
+from mpx.backends.sysv import mq as sysv_mq
 
 PYTHON = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,7 +187,7 @@ def test_rm_usage_errors(names_dir):
 
 @pytest.mark.skipif("posix" not in BACKENDS, reason="posix backend unavailable")
 def test_stale_records_are_dropped(names_dir, qname):
-    _names.record("Queue", "posix", qname, module="mpx.backends.posix_mq", maxsize=0)
+    _names.record("Queue", "posix", qname, module="mpx.backends.posix.mq", maxsize=0)
     assert [e["name"] for e in _names.entries()] == [qname]
     assert qname not in mpx_cli("ls", check=0).stdout
     assert _names.entries() == []
@@ -229,7 +229,7 @@ def test_rm_all_leaves_other_users_objects_alone(names_dir, qname):
 @pytest.mark.skipif(not BACKENDS, reason="no message-queue backend available")
 def test_rm_of_another_users_object_without_permission_says_so(names_dir, qname):
     backend = BACKENDS[0]
-    module = {"posix": "mpx.backends.posix_mq", "sysv": "mpx.backends.sysv_mq"}[backend]
+    module = {"posix": "mpx.backends.posix.mq", "sysv": "mpx.backends.sysv.mq"}[backend]
     q = mpx.Queue(name=qname, backend=backend)
 
     def try_rm():
@@ -262,13 +262,50 @@ def test_anonymous_queues_are_listed_as_such(names_dir):
 
 
 def test_hostile_record_names_are_refused(names_dir):
-    _names.record("Queue", "posix", "../../../../tmp/x", module="mpx.backends.posix_mq")
+    _names.record("Queue", "posix", "../../../../tmp/x", module="mpx.backends.posix.mq")
     _names.record("Queue", "evil", "importme", module="os")
     out = mpx_cli("ls", check=0).stdout
     assert "'/' after its first character" in out
     assert "record names no mpx module" in out
     proc = mpx_cli("rm", "../../../../tmp/x", "importme", check=1)
     assert "cannot remove" in proc.stderr
+
+
+def test_records_naming_the_modules_before_they_moved(names_dir, qname):
+    """Records written by an mpx whose backends were flat modules
+    (``mpx.backends.posix_mq``, ...) still list and remove their objects:
+    the registry maps each old path to the module that does the work now."""
+    import numpy as np
+
+    from mpx.backends import RENAMED_MODULES
+    old_name = {new: old for old, new in RENAMED_MODULES.items()}
+    made = [mpx.Queue(name=qname + "-shm", backend="shm")]
+    made += [mpx.Queue(name=f"{qname}-{b}", backend=b) for b in BACKENDS]
+    made += [mpx.SharedArray((4,), np.int64, name=f"{qname}-a{b}", backend=b)
+             for b in ("posix", "sysv") if b in backends_for("SharedArray")]
+    # Rewrite each record as the older mpx wrote it.
+    rewritten = set()
+    for fname in os.listdir(names_dir):
+        path = os.path.join(names_dir, fname)
+        with open(path) as f:
+            entry = json.load(f)
+        if entry["module"] in old_name:
+            entry["module"] = old_name[entry["module"]]
+            rewritten.add(entry["module"])
+            with open(path, "w") as f:
+                json.dump(entry, f)
+    expected = {"mpx.backends.shm"} | {f"mpx.backends.{b}_mq" for b in BACKENDS} | {
+        f"mpx.backends.{b}_shm" for b in ("posix", "sysv") if b in backends_for("SharedArray")}
+    assert rewritten == expected
+    listed = json.loads(mpx_cli("ls", "--json", check=0).stdout)
+    assert sorted(d["name"] for d in listed) == sorted(o.name for o in made)
+    assert not [d for d in listed if d.get("error")], listed
+    mpx_cli("rm", *[o.name for o in made], check=0)
+    assert json.loads(mpx_cli("ls", "--json", check=0).stdout) == []
+    assert _names.entries() == []
+    for o in made:
+        if hasattr(o, "close"):
+            o.close()
 
 
 # --- the protocol, with a made-up kind --------------------------------------

@@ -1,4 +1,4 @@
-"""The compact codec (``mpx._ext.ring.dumps_compact`` / ``loads_compact``).
+"""The compact codec (``mpx._ext.compact.dumps_compact`` / ``loads_compact``).
 
 It encodes objects made only of exact builtin types (None, bool, int that
 fits in signed 64 bits, float, str, bytes, tuple, list, dict) and gives up
@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mpx
-from mpx._ext.ring import dumps_compact, loads_compact
-from mpx.backends import _ring_codec
+from mpx._ext.compact import dumps_compact, loads_compact
+from mpx.backends.shm import codec as _ring_codec
 
 from conftest import join_all
 

@@ -93,7 +93,7 @@ def main():
     print(f"result queues: {sorted(kinds)}")
     print(f"ran={result.testsRun} failures={len(result.failures)} "
           f"errors={len(result.errors)} skipped={len(result.skipped)}")
-    if "mpx.backends.shm.ShmSimpleQueue" not in kinds:
+    if "mpx.backends.shm.queues.ShmSimpleQueue" not in kinds:
         print("no executor got mpx's shm SimpleQueue: the substitution did not work")
         sys.exit(1)
     sys.exit(0 if result.wasSuccessful() else 1)

@@ -23,7 +23,8 @@ import pytest
 
 import mpx
 import mpx.managers as mm
-from mpx.backends import _stream, fifo
+from mpx.backends import fifo
+from mpx.backends._common import stream as _stream
 from conftest import backends_for, client_context, server_context, wait_for
 
 SOCKET_BACKENDS = [b for b in backends_for("Manager") if b in ("unix", "tcp")]

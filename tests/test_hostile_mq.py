@@ -30,7 +30,9 @@ import sysv_ipc
 import mpx
 from conftest import backends_for
 from mpx import _names
-from mpx.backends import _mq_common, posix_mq, sysv_mq
+from mpx.backends._common import mq as _mq_common
+from mpx.backends.posix import mq as posix_mq
+from mpx.backends.sysv import mq as sysv_mq
 
 BACKENDS = [b for b in ("posix", "sysv") if b in backends_for("Queue")]
 if not BACKENDS:

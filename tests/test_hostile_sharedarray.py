@@ -34,9 +34,10 @@ import pytest
 
 from mpx import _names
 from mpx import sharedarray as sa
-from mpx.backends import _segment
+from mpx.backends._common import segment as _segment
 from mpx.backends import file as file_backend
-from mpx.backends import posix_shm, sysv_shm
+from mpx.backends.posix import segment as posix_shm
+from mpx.backends.sysv import segment as sysv_shm
 from mpx.sharedarray import InvalidSegmentError, SharedArray
 
 BACKENDS = ["posix", "sysv", "file"]

@@ -26,7 +26,7 @@ import mpx
 from mpx import _names
 from mpx._ext import ring as ringmod
 from mpx._ext.ring import RingError
-from mpx.backends import shm
+from mpx.backends.shm import queues as shm
 
 from conftest import backends_for, join_all
 

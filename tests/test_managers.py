@@ -22,7 +22,7 @@ import pytest
 
 import mpx
 import mpx.managers as mm
-from mpx.backends import _stream
+from mpx.backends._common import stream as _stream
 from conftest import backends_for, wait_for
 
 MPX_BACKENDS = backends_for("Manager")
@@ -898,7 +898,7 @@ def test_stream_spin_adapts(monkeypatch):
     answer comes fast; a steady (server) connection never gives up."""
     if not _stream._CAN_SPIN:
         pytest.skip("one CPU: connections never spin")
-    monkeypatch.setattr(_stream, "_crowded", lambda now: False)
+    monkeypatch.setattr(_stream, "_crowded", lambda: False)
     slow = 0.05          # far longer than any spin
     a, b = socket.socketpair()
     client, steady = _stream.Connection(a), _stream.Connection(b, steady=True)
@@ -939,7 +939,7 @@ def test_stream_spin_adapts(monkeypatch):
         client._spin, idle = 0.0, client._idle
         steady.send(b"z")
         assert client.recv(spin=False) == b"z" and client._idle == idle
-        monkeypatch.setattr(_stream, "_crowded", lambda now: True)
+        monkeypatch.setattr(_stream, "_crowded", lambda: True)
         client._spin = _stream._SPIN_MAX
         slow_answer(client, steady)
         assert client._spin == _stream._SPIN_MAX

@@ -15,7 +15,7 @@ import pytest
 
 import mpx
 import mpx.managers as mm
-from mpx.backends import _stream
+from mpx.backends._common import stream as _stream
 from multiprocessing import AuthenticationError
 from conftest import backends_for, client_context, server_context, wait_for
 

@@ -53,7 +53,8 @@ def test_sdist_carries_what_a_build_needs(built):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md",
                    "cython_src/ring.pyx", "cython_src/ring.pxd", "cython_src/sync.pyx",
-                   "cython_src/sync.pxd", "cython_src/compact.pxi", "mpx/py.typed",
+                   "cython_src/sync.pxd", "cython_src/compact.pxi", "cython_src/compact.pyx",
+                   "mpx/py.typed",
                    "mpx/__init__.py", "tests/conftest.py", "tests/test_queue_contract.py"):
         assert needed in names, f"the sdist lacks {needed}"
     built_files = [n for n in names if n.endswith((".so", ".c", ".pyc"))]
@@ -64,7 +65,7 @@ def test_wheel_holds_the_compiled_core(built):
     import zipfile
     _, wheel, _ = built
     names = zipfile.ZipFile(wheel).namelist()
-    for stem in ("ring", "sync"):
+    for stem in ("ring", "sync", "compact"):
         assert any(n.startswith(f"mpx/_ext/{stem}.") and n.endswith(".so") for n in names), \
             f"the wheel lacks mpx._ext.{stem}: {sorted(names)}"
     assert "mpx/py.typed" in names
@@ -76,7 +77,7 @@ def test_fresh_install_defaults_to_the_shm_ring_without_numpy(built):
         import importlib.util, mpx
         assert importlib.util.find_spec("numpy") is None, "numpy came in as a dependency"
         q = mpx.Queue()
-        assert type(q).__module__ == "mpx.backends.shm", type(q)
+        assert type(q).__module__ == "mpx.backends.shm.queues", type(q)
         q.put((1, "two", 3.0)); assert q.get(timeout=5) == (1, "two", 3.0)
         q.close()
         rows = {r["name"]: r for r in mpx.backends()}

@@ -83,3 +83,57 @@ def test_env_var_for_a_backend_without_the_family_falls_back():
             assert out.stdout.strip() == "1", out.stderr
             return
     pytest.skip("no available backend lacks Pipe")
+
+
+# --- every backend module provides exactly what it declares ----------------------------
+
+def _backend_modules():
+    import importlib
+    for name, (_, modules) in registry.BACKENDS.items():
+        for modname in modules:
+            try:
+                yield name, importlib.import_module(modname)
+            except ImportError:
+                pass        # a dependency not installed here: the table says so
+
+
+@pytest.mark.parametrize("name,module", list(_backend_modules()),
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_backend_module_provides_exactly_what_it_declares(name, module):
+    assert registry.check_module(module) == []
+
+
+def test_preference_names_only_backends_that_offer_the_family():
+    declared = {}
+    for name, module in _backend_modules():
+        declared.setdefault(name, set()).update(module.FAMILIES)
+    assert set(registry.PREFERENCE) == set(registry.FAMILIES)
+    for family, names in registry.PREFERENCE.items():
+        for name in names:
+            assert name in registry.BACKENDS, (family, name)
+            if name in declared:
+                assert family in declared[name], f"{name} does not offer {family}"
+
+
+def test_a_module_that_breaks_its_declaration_is_refused(monkeypatch):
+    import types
+    fake = types.ModuleType("mpx.backends.fake_for_test")
+    fake.FAMILIES = ("Queue", "Pipe", "Teapot")
+    fake.Queue = lambda ctx: None
+    fake.SimpleQueue = lambda ctx: None          # a factory it does not declare
+    assert registry.check_module(fake) == [
+        "lists the unknown family 'Teapot'",
+        "lists Pipe but lacks Pipe",
+        "has a SimpleQueue factory but does not list SimpleQueue"]
+    shared = types.ModuleType("mpx.backends.fake_segment")
+    shared.FAMILIES = ("SharedArray",)
+    assert registry.check_module(shared)[0].startswith("lists SharedArray but lacks Segment")
+    assert registry.check_module(types.ModuleType("x")) == ["has no FAMILIES tuple"]
+    # Loaded through the registry, it is offered nowhere and says why.
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setitem(registry.BACKENDS, "fake", ("a broken backend", (fake.__name__,)))
+    monkeypatch.setattr(registry, "_loaded", {})
+    row = next(r for r in mpx.backends() if r["name"] == "fake")
+    assert not row["available"] and "is broken: lists the unknown family" in row["reason"]
+    with pytest.raises(ValueError, match="is broken"):
+        registry.resolve("Queue", "fake")

@@ -23,7 +23,8 @@ import mpx
 from mpx import _serial
 from mpx import sharedarray as sa
 from mpx.backends import file as file_backend
-from mpx.backends import posix_shm, sysv_shm
+from mpx.backends.posix import segment as posix_shm
+from mpx.backends.sysv import segment as sysv_shm
 from mpx.sharedarray import InvalidSegmentError, SharedArray
 
 from conftest import join_all

@@ -19,7 +19,7 @@ from multiprocessing import connection
 import pytest
 
 import mpx
-from mpx.backends import shm
+from mpx.backends.shm import queues as shm
 
 METHODS = ("fork", "spawn", "forkserver")
 T = 60

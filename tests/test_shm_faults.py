@@ -25,7 +25,7 @@ import zlib
 import pytest
 
 import mpx
-from mpx.backends import shm
+from mpx.backends.shm import queues as shm
 
 FORK = mpx.get_context("fork")
 BOUND = 5.0          # seconds any single put/get may block in a worker

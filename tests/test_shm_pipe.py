@@ -121,7 +121,7 @@ def reader_reports_count(r, out, stop_at):
 def test_default_pipe_is_shm_and_memfd_backed():
     a, b = mpx.Pipe()
     try:
-        from mpx.backends.shm_pipe import Connection
+        from mpx.backends.shm.pipe import Connection
         assert type(a) is Connection and type(b) is Connection
         chan = a._chan
         for ring in (chan._in, chan._out):
@@ -337,7 +337,7 @@ def test_bell_taken_back_by_a_late_writer_is_re_armed_for_wait():
     # message before its writer looks at the arm word; the writer then
     # rings, finds the ring empty and takes the ring back. The arm must be
     # restored, or the next send never rings and wait() sleeps over it.
-    from mpx.backends import _ring_channel as rc
+    from mpx.backends.shm import channel as rc
 
     r, w = mpx.get_context("fork").Pipe(duplex=False, backend="shm")
     try:

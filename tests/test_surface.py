@@ -28,7 +28,7 @@ def test_every_stdlib_public_name_is_reachable():
 def test_one_shutdown_exception_for_every_queue():
     import queue
 
-    from mpx.backends import shm
+    from mpx.backends.shm import queues as shm
     assert mpx.ShutDown is mpx.queues.ShutDown is shm.ShutDown
     if hasattr(queue, "ShutDown"):          # Python 3.13: the stdlib's own
         assert mpx.ShutDown is queue.ShutDown
@@ -110,3 +110,17 @@ def test_import_does_not_pull_in_numpy():
     code = "import sys, mpx; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_managers_public_names_live_under_mpx_managers():
+    """mpx.managers is a package whose parts are private; every public name
+    is importable from it, and mpx's own classes and functions carry its
+    name (pickles of proxies name their type by it)."""
+    import importlib
+    mm = importlib.import_module("mpx.managers")
+    for name in mm.__all__:
+        obj = getattr(mm, name)
+        module = getattr(obj, "__module__", None)
+        if module and module.startswith("mpx."):
+            assert module == "mpx.managers", (name, module)
+    assert mm.MakeProxyType("Made", ("f",)).__module__ == "mpx.managers"

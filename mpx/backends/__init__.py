@@ -1,8 +1,10 @@
 """The backend registry: which backends exist, what they provide, which is used.
 
 A backend is one or more modules in this package (one per mechanism: the
-"posix" backend has its message queues in ``posix_mq`` and its shared memory
-in ``posix_shm``). A module provides some of the object families below as
+"posix" backend has its message queues in ``posix.mq`` and its shared memory
+in ``posix.segment``). A backend with several modules has a folder of its
+own (``shm/``, ``posix/``, ``sysv/``); helpers that several backends share
+live in ``_common/``, which the registry never lists. A module provides some of the object families below as
 module-level factory functions with the family's name, called as
 ``module.Queue(ctx, *args, serializer=..., **kwargs)`` where ``ctx`` is the
 mpx context asking (for the start method and the stdlib context) and
@@ -34,15 +36,15 @@ FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue",
 # name -> (one line for the table, its modules). Add a line when a backend lands.
 BACKENDS = {
     "shm": ("shared-memory ring buffer (Cython), spin-then-futex waits",
-            ("mpx.backends.shm", "mpx.backends.shm_manager", "mpx.backends.shm_pipe")),
+            ("mpx.backends.shm.queues", "mpx.backends.shm.manager", "mpx.backends.shm.pipe")),
     "pipe": ("OS pipes: the stdlib's objects with mpx's serializer",
              ("mpx.backends.pipe",)),
     "fifo": ("named pipes (mkfifo) that unrelated processes open by path",
              ("mpx.backends.fifo",)),
     "posix": ("POSIX message queues and shared memory (posix_ipc)",
-              ("mpx.backends.posix_mq", "mpx.backends.posix_shm")),
+              ("mpx.backends.posix.mq", "mpx.backends.posix.segment")),
     "sysv": ("SysV message queues and shared memory (sysv_ipc)",
-             ("mpx.backends.sysv_mq", "mpx.backends.sysv_shm")),
+             ("mpx.backends.sysv.mq", "mpx.backends.sysv.segment")),
     "file": ("mmap of a file path (survives a reboot)",
              ("mpx.backends.file",)),
     "unix": ("Manager RPC over unix-domain sockets",
@@ -51,6 +53,20 @@ BACKENDS = {
             ("mpx.backends.tcp",)),
     "ray": ("a Ray cluster: queues in actors, a pool of worker actors",
             ("mpx.backends.ray",)),
+}
+
+# Records of named objects (``mpx._names``) name the module that made each
+# object, and ``python -m mpx ls``/``rm`` import it to describe or remove
+# the object. Records written before the backends moved into folders name
+# the old paths; this maps them to the modules that do that work now.
+RENAMED_MODULES = {
+    "mpx.backends.shm": "mpx.backends.shm.queues",
+    "mpx.backends.shm_pipe": "mpx.backends.shm.pipe",
+    "mpx.backends.shm_manager": "mpx.backends.shm.manager",
+    "mpx.backends.posix_mq": "mpx.backends.posix.mq",
+    "mpx.backends.posix_shm": "mpx.backends.posix.segment",
+    "mpx.backends.sysv_mq": "mpx.backends.sysv.mq",
+    "mpx.backends.sysv_shm": "mpx.backends.sysv.segment",
 }
 
 # Fastest first: a family's default is the first available backend here that
@@ -63,14 +79,52 @@ PREFERENCE = {
     "Queue": ("shm", "pipe", "posix", "sysv", "ray"),
     "SimpleQueue": ("shm", "pipe", "posix", "sysv", "ray"),
     "JoinableQueue": ("shm", "pipe", "posix", "sysv", "ray"),
-    "PriorityQueue": ("shm", "posix", "sysv"),
+    "PriorityQueue": ("posix", "sysv"),
     "Pipe": ("shm", "pipe", "fifo"),
     "Pool": ("shm", "pipe", "ray"),
     "SharedArray": ("posix", "sysv", "file"),
-    "Manager": ("shm", "unix", "tcp", "pipe"),
+    "Manager": ("shm", "unix", "tcp"),
 }
 
 ENV_VAR = "MPX_BACKEND"
+
+# What a backend module must have for each family it lists in FAMILIES (the
+# model is pyzmq's zmq/backend/select.py: one list, checked when a backend
+# loads). Five families are factories named after the family. The three
+# built above the backends need what their builders call instead: mpx.pool
+# makes the backend's Queues, mpx.sharedarray uses the segment API and
+# mpx.managers the transport.
+API = {
+    "Queue": ("Queue",),
+    "SimpleQueue": ("SimpleQueue",),
+    "JoinableQueue": ("JoinableQueue",),
+    "PriorityQueue": ("PriorityQueue",),
+    "Pipe": ("Pipe",),
+    "Pool": ("Queue",),
+    "SharedArray": ("Segment", "canonical_name", "create", "attach", "reattach", "unlink",
+                    "describe", "HASHED_NAMES", "PUBLISHES_WHOLE"),
+    "Manager": ("Listener", "connect", "default_address", "check_address"),
+}
+_FACTORIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue", "Pipe")
+
+
+def check_module(module):
+    """The ways `module` does not provide exactly what its FAMILIES declare
+    (an empty list when it does): a family it lists without the API, an
+    unknown family, or a factory for a family it does not list (which the
+    registry would never offer, so it is dead or the list is wrong)."""
+    declared = getattr(module, "FAMILIES", None)
+    if not isinstance(declared, tuple):
+        return ["has no FAMILIES tuple"]
+    problems = [f"lists the unknown family {f!r}" for f in declared if f not in FAMILIES]
+    for family in declared:
+        missing = [n for n in API.get(family, ()) if not hasattr(module, n)]
+        if missing:
+            problems.append(f"lists {family} but lacks {', '.join(missing)}")
+    for family in _FACTORIES:
+        if family not in declared and callable(getattr(module, family, None)):
+            problems.append(f"has a {family} factory but does not list {family}")
+    return problems
 
 _loaded = {}
 # modname -> FAMILIES of a module that imports but is unavailable here (the
@@ -91,11 +145,15 @@ def _load_module(modname):
         except ImportError as e:
             result = (None, f"failed to import: {e}")
         else:
-            check = getattr(module, "unavailable", None)
-            reason = check() if check is not None else None
-            result = (None, reason) if reason else (module, None)
-            if reason:
-                _declared[modname] = tuple(getattr(module, "FAMILIES", ()))
+            problems = check_module(module)
+            if problems:
+                # A bug in mpx, not in the machine: say so wherever the
+                # backend would have been offered.
+                result = (None, f"{modname} is broken: {'; '.join(problems)}")
+            else:
+                check = getattr(module, "unavailable", None)
+                reason = check() if check is not None else None
+                result = (None, reason) if reason else (module, None)
         _loaded[modname] = result
     return _loaded[modname]
 

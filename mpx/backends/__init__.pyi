@@ -12,7 +12,11 @@ FAMILIES: tuple[str, ...]
 BACKENDS: dict[str, tuple[str, tuple[str, ...]]]
 # family -> backend names, fastest first
 PREFERENCE: dict[str, tuple[str, ...]]
+# module path in records written by an older mpx -> the module today
+RENAMED_MODULES: dict[str, str]
 ENV_VAR: str
+# family -> what a backend module listing it must have
+API: dict[str, tuple[str, ...]]
 
 
 class _Row(TypedDict):
@@ -29,3 +33,4 @@ class BackendTable(list[_Row]): ...
 def backends() -> BackendTable: ...
 def default_backend(family: str) -> str: ...
 def resolve(family: str, backend: str | None = None) -> tuple[str, ModuleType]: ...
+def check_module(module: ModuleType) -> list[str]: ...

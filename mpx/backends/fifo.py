@@ -56,7 +56,7 @@ from multiprocessing import reduction
 from .. import _names
 from .._timeouts import seconds
 from .._trust import check_mode, check_owner
-from ._conn import SerializedConnection
+from ._common.conn import SerializedConnection
 
 FAMILIES = ("Pipe",)
 

@@ -2,7 +2,7 @@
 
 Mechanism only (the array header and everything numpy is
 ``mpx.sharedarray``'s business): this module offers the segment API that
-``mpx.backends._segment`` describes, with ``Segment.flush()`` writing the
+``mpx.backends._common.segment`` describes, with ``Segment.flush()`` writing the
 pages to the file, and ``array_dir()`` besides.
 
 Names: a name containing '/' is a file path (made absolute, so a handle means
@@ -40,7 +40,7 @@ import os
 import stat
 import tempfile
 
-from ._segment import (
+from ._common.segment import (
     NAME_MAX, FdSegment, attach_fd, check_size, create_linked, describe_path, entry_meta,
     entry_name, new_segment, not_found, open_existing, reattach_fd, record,
     unlink_recorded, unlink_verified)

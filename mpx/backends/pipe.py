@@ -26,7 +26,7 @@ from .. import _serial
 from .._serial import loads_custom, wire_bytes
 from .._aio import AsyncQueueMixin
 from .._timeouts import seconds
-from ._conn import SerializedConnection
+from ._common.conn import SerializedConnection
 
 # Pool: mpx.pool runs its tasks and results over these queues (the family is
 # built above the backends; there is no factory here).

@@ -10,7 +10,7 @@ client needs both the certificate trust and the key.
 
 import socket
 
-from . import _stream
+from ._common import stream as _stream
 
 FAMILIES = ("Manager",)
 NAME = "tcp"

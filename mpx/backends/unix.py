@@ -3,7 +3,7 @@
 Mechanism only (the Manager itself is ``mpx.managers``): a listener that
 creates its socket file with mode 0o600 (in a private 0o700 directory when
 mpx picks the path) and removes it on close, and a client that connects;
-both ends authenticate each other before anything else (see ``_stream``).
+both ends authenticate each other before anything else (see ``_common.stream``).
 The address is a filesystem path (str); a path starting with a NUL character
 names a socket in Linux's abstract namespace, which has no file and no
 permissions (the authkey alone guards it).
@@ -11,7 +11,7 @@ permissions (the authkey alone guards it).
 
 import socket
 
-from . import _stream
+from ._common import stream as _stream
 
 FAMILIES = ("Manager",)
 NAME = "unix"

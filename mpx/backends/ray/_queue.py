@@ -35,7 +35,9 @@ import time
 import uuid
 
 from ..._timeouts import seconds
-from ...queues import Empty, Full, ShutDown
+from queue import Empty, Full
+
+from ..._exceptions import ShutDown
 from . import _portable, _runtime
 
 __all__ = ["RayQueue", "RaySimpleQueue", "RayJoinableQueue", "make", "NAMESPACE"]

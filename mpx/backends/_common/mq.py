@@ -3,7 +3,7 @@
 Not a backend (the registry never loads it): the queue API both backends
 present, the message framing, the "tag" segment every queue carries and the
 side segments that carry messages too large for a kernel queue. The backend
-modules (``posix_mq``, ``sysv_mq``) add only what differs: how a kernel queue
+modules (``posix.mq``, ``sysv.mq``) add only what differs: how a kernel queue
 is created, opened, sent to, received from and removed.
 
 Framing
@@ -63,11 +63,12 @@ import threading
 import time
 import weakref
 
-from .. import _names, _timeouts, _trust
-from .._aio import AsyncQueueMixin
-from .._ext.ring import RingClosed, dumps_compact, loads_compact
-from .._ext.sync import SharedWord
-from .._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
+from ... import _names, _timeouts, _trust
+from ..._aio import AsyncQueueMixin
+from ..._exceptions import RingClosed
+from ..._ext.compact import dumps_compact, loads_compact
+from ..._ext.sync import SharedWord
+from ..._serial import CloudpickleSerializer, PickleSerializer, loads_custom, wire_bytes
 
 __all__ = ["PRIORITY_MIN", "PRIORITY_MAX", "normalize_name", "check_priority",
            "queue_args", "open_queue", "settled_header", "half_created", "check_header",

@@ -50,15 +50,15 @@ import time
 
 import posix_ipc
 
-from .. import _names, _trust
-from ._mq_common import (
+from ... import _names, _trust
+from .._common.mq import (
     MAGIC, MIN_MSGSIZE, NAME_MAX_BYTES, OFF_NAME, OPEN_FOUND, OPEN_WAIT, Empty, Full,
     FLAG_ANONYMOUS, KIND_OF_FAMILY, SHM_DIR, TAG_SIZE, CorruptTag, JoinableMixin,
     MessageQueueBase, NotAnMpxQueue, PriorityMixin, SideStore, Tag, check_compatible,
     check_header, count_sides, entry_body, forget_all, half_created, ls_columns, open_queue,
     queue_args, read_int, settled_header, finish_removal, sweep_sides, symlink_refused,
     _unlink_quiet)
-from ._mq_common import PRIORITY_MIN, PRIORITY_MAX  # noqa: F401  (documented here too)
+from .._common.mq import PRIORITY_MIN, PRIORITY_MAX  # noqa: F401  (documented here too)
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
 

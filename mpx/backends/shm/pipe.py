@@ -1,7 +1,7 @@
 """The ``shm`` backend's Pipe: ``multiprocessing.Pipe`` on shared-memory rings.
 
 Each end is a :class:`Connection` with the whole API of
-``multiprocessing.connection.Connection`` over a ``_ring_channel.Channel``
+``multiprocessing.connection.Connection`` over a ``channel.Channel``
 (one ring per direction, spin-then-sleep waiting, a socket as the liveness
 signal; the channel's docstring has the protocol). Semantics follow the
 stdlib's:
@@ -31,7 +31,7 @@ descriptors go through ``multiprocessing.reduction.DupFd`` (inherited by a
 child being started, or fetched from the sender's resource sharer later).
 The rings live in memfds: nothing appears in /dev/shm.
 
-Messages in the ring: see ``_ring_codec`` (shared with the shm queues);
+Messages in the ring: see ``codec`` (shared with the shm queues);
 ``send_bytes`` data travels as TAG_PICKLE, as the stdlib cannot tell the
 two apart either.
 """
@@ -39,10 +39,10 @@ two apart either.
 import errno
 from multiprocessing import reduction
 
-from . import _ring_channel, _ring_codec
-from ._ring_codec import TAG_PICKLE, TAG_TEXT
-from .. import _aio, _serial, _timeouts
-from .._ext.ring import conn_recv, conn_send
+from . import channel as _ring_channel, codec as _ring_codec
+from .codec import TAG_PICKLE, TAG_TEXT
+from ... import _aio, _serial, _timeouts
+from ..._ext.ring import conn_recv, conn_send
 
 __all__ = ["FAMILIES", "Pipe", "Connection", "unavailable"]
 

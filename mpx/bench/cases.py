@@ -42,8 +42,8 @@ PEERS = {
     "mpire": ("mpire", "mpire", "mpire.WorkerPool (fork, keep_alive)"),
 }
 
-# The Ray cases and peers live in their own module (mpx._bench_ray).
-from . import _bench_ray  # noqa: E402
+# The Ray cases and peers live in their own module (mpx.bench.ray_cases).
+from . import ray_cases as _bench_ray  # noqa: E402
 PEERS.update(_bench_ray.PEERS)
 
 _POOL_PEERS = ("mp.Pool", "mp.ProcessPoolExecutor", "loky", "mpire")
@@ -238,7 +238,7 @@ def _version(dist, mod):
 def mpx_backends(family):
     """[(backend, None or the reason it is not available)] for `family`, in the
     registry's order of preference, then any other backend providing it."""
-    from . import backends as registry
+    from .. import backends as registry
     rows = {r["name"]: r for r in registry.backends()}
     names = list(registry.PREFERENCE.get(family, ()))
     names += [n for n, r in rows.items() if family in r["families"] and n not in names]

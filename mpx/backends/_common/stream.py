@@ -46,7 +46,8 @@ import tempfile
 import time
 from multiprocessing import AuthenticationError, util
 
-from .._timeouts import seconds
+from ..._ext import sync as _sync
+from ..._timeouts import seconds
 
 __all__ = ["Connection", "StreamListener", "UnixListener", "ProtocolError",
            "client_handshake", "server_handshake", "unix_connect", "unix_cleanup",
@@ -84,31 +85,14 @@ _SPIN_MAX = 60e-6
 # every this many waits: otherwise two ends that both gave up would stay
 # asleep for good, each finding the other slow because it sleeps.
 _PROBE_EVERY = 16
-_NCPU = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-    else (os.cpu_count() or 1)
-_CAN_SPIN = _NCPU > 1
-_load = [0.0, False]     # [last sample time, crowded]
+_CAN_SPIN = _sync.cpu_count() > 1
 
 
-def _crowded(now):
-    """True when more tasks are runnable than there are cores (sampled from
-    /proc/loadavg every 20 ms): then spinning only steals the time of the
-    process we are waiting for. The count is of one instant and flickers
-    (a process starting, a kernel worker), so a crowded sample is looked at
-    again after 4 ms: a passing crowd costs a few hundred slow calls, not a
-    thousand. `now` is time.perf_counter()."""
-    if now - _load[0] > (0.004 if _load[1] else 0.02):
-        _load[0] = now
-        try:
-            fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                running = int(os.read(fd, 128).split()[3].split(b"/")[0])
-            finally:
-                os.close(fd)
-        except (OSError, ValueError, IndexError):
-            running = 0
-        _load[1] = running > _NCPU
-    return _load[1]
+def _crowded():
+    """True when more tasks are runnable than there are cores: then spinning
+    only steals the time of the process we are waiting for. (The one test
+    of this, shared with the ring: mpx_crowded in cython_src/sync.pxd.)"""
+    return _sync.crowded()
 
 
 class ProtocolError(ConnectionError):
@@ -310,7 +294,7 @@ class Connection:
             if self._idle >= _PROBE_EVERY:
                 self._idle = 0
                 budget = _SPIN_MAX
-        if budget and not _crowded(time.perf_counter()):
+        if budget and not _crowded():
             # poll(0) is the cheapest look at the socket (about a third of a
             # failed recv with MSG_DONTWAIT, which also raises), and unlike
             # recv it never locks a TCP socket against the arriving data.

@@ -1,7 +1,7 @@
 """Manager transport over shared-memory rings, for clients on the same machine.
 
 Mechanism only (the Manager itself is ``mpx.managers``). A client meets the
-server on a unix socket (created 0o600, see ``_stream.UnixListener``), and
+server on a unix socket (created 0o600, see ``_common.stream.UnixListener``), and
 both prove they hold the authkey exactly as on the ``unix`` transport. The
 client then creates two rings in anonymous memfds, one for requests and one
 for replies, and an eventfd "bell" for each, and passes the four
@@ -9,7 +9,7 @@ descriptors to the server over the socket (SCM_RIGHTS). From then on every
 frame is one ring message: no system call on the fast path.
 
 The rings, the bells and the socket (kept open as the liveness signal) make a
-``_ring_channel.Channel`` on each side, the mechanism the shm Pipe uses too:
+``channel.Channel`` on each side, the mechanism the shm Pipe uses too:
 a reader spins briefly, then sleeps in epoll on its bell and the socket, so
 a message, a clean close (which shuts the rings down) and a client or server
 killed by SIGKILL (its socket hangs up) all wake the other side at once.
@@ -20,8 +20,9 @@ them with the last descriptor.
 import os
 import socket
 
-from .._timeouts import seconds
-from . import _ring_channel, _stream
+from ..._timeouts import seconds
+from . import channel as _ring_channel
+from .._common import stream as _stream
 
 FAMILIES = ("Manager",)
 NAME = "shm"
@@ -61,12 +62,12 @@ def default_address():
 
 class ShmConnection:
     """One end of the manager's ring channel, with the interface of
-    ``_stream.Connection``: ``send(bytes)``, ``recv(spin, timeout) ->
+    ``_common.stream.Connection``: ``send(bytes)``, ``recv(spin, timeout) ->
     bytes``, ``shutdown()``, ``close()``.
 
     `spin` (the server asks for it only while a single client keeps it busy)
     lets the reader spin in the ring's compiled wait, without the GIL, before
-    it sleeps; see ``_ring_channel`` for the waiting and the bell protocol.
+    it sleeps; see ``channel`` for the waiting and the bell protocol.
     """
 
     __slots__ = ("_chan", "pid", "__weakref__")

@@ -1,7 +1,7 @@
 """One benchmark measurement, run in a fresh process.
 
-The harness (``mpx._bench``) starts one *template* process per run with
-``python -m mpx._bench_worker``: a fresh interpreter that imports numpy, mpx
+The harness (``mpx.bench.runner``) starts one *template* process per run with
+``python -m mpx.bench.worker``: a fresh interpreter that imports numpy, mpx
 and the peers once and then does nothing but fork. Every measurement is a new
 child forked from that template, so each one starts from the same untouched
 heap: the allocator's state after one contender has moved 64 MiB messages
@@ -31,7 +31,7 @@ import traceback
 
 import numpy as np
 
-from . import _bench_adapters as adapters
+from . import contenders as adapters
 
 _FORK = multiprocessing.get_context("fork")
 K = 2                      # distinct payloads per stream (alternating)
@@ -143,7 +143,7 @@ def measure(job):
     if _fault(job) == "stall":
         _stall(job)
     if kind == "ray":
-        from . import _bench_ray
+        from . import ray_cases as _bench_ray
         return _bench_ray.measure(job)
     return {"stream": _stream, "rtt": _rtt, "manager": _manager,
             "handoff": _handoff, "memcpy": _memcpy, "pool": _pool}[kind](job)
@@ -465,7 +465,7 @@ def _consume_payloads(end, need, payloads, batch):
 
 
 # --- faults, for the harness's own tests --------------------------------------------------
-# A job may carry {"fault": {"kind": ...}} (mpx._bench.run(_fault=...)): the
+# A job may carry {"fault": {"kind": ...}} (mpx.bench.run(_fault=...)): the
 # tests use it to prove that damage, loss, hangs and crashes come out as
 # errors and never as figures.
 

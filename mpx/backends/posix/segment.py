@@ -3,7 +3,7 @@
 Mechanism only: this module makes, maps and removes segments of raw bytes.
 What lives in them (the array header, dtype, shape) is ``mpx.sharedarray``'s
 business; nothing here imports it. The segment API, the same in
-``posix_shm``, ``sysv_shm`` and ``file``, is described in ``_segment``.
+``posix.segment``, ``sysv.segment`` and ``file``, is described in ``_common.segment``.
 
 How this backend does it
 ------------------------
@@ -42,7 +42,7 @@ import errno
 import fcntl
 import os
 
-from ._segment import (
+from .._common.segment import (
     NAME_MAX, FdSegment, attach_fd, check_size, create_linked, describe_path, entry_name,
     new_segment, not_found, open_existing, reattach_fd, record, remove_entry,
     unlink_recorded, unlink_verified)

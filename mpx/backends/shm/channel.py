@@ -1,7 +1,7 @@
 """Two processes talking over a pair of shared-memory rings.
 
-Not a backend: the one mechanism that the shm Pipe (``shm_pipe``) and the
-shm Manager transport (``shm_manager``) share. A :class:`Channel` is one end:
+Not a backend: the one mechanism that the shm Pipe (``pipe``) and the
+shm Manager transport (``manager``) share. A :class:`Channel` is one end:
 it writes messages into one ring (``mpx._ext.ring``) and reads them from
 another (a simplex end has only one of the two). Besides the rings each end
 holds:
@@ -111,17 +111,12 @@ import socket
 import time
 import weakref
 
-from .._timeouts import seconds
+from ..._timeouts import seconds
+from . import DEFAULT_CAPACITY      # the ring size when none is given (also queues')
 
 __all__ = ["Channel", "pair", "close_fds", "new_ring", "new_bell", "attach_ring",
            "unavailable", "check_capacity", "check_spin", "DEFAULT_CAPACITY",
            "DEFAULT_SPIN"]
-
-# Ring size of a pipe direction when none is given. A 1 MiB message is
-# smaller than half of it and so streams through the ring itself, whose
-# pages stay warm; bigger ones go through the ring's overflow area. Pages
-# are only allocated as the ring is first used.
-DEFAULT_CAPACITY = 4 << 20
 
 # Longest spin before sleeping, in seconds (the ring adapts between a
 # quarter of this and all of it). A cross-process wake-up costs ~40 us on
@@ -174,7 +169,7 @@ _ring = None
 def _ring_module():
     global _ring
     if _ring is None:
-        from .._ext import ring
+        from ..._ext import ring
         _ring = ring
     return _ring
 

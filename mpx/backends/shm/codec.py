@@ -1,5 +1,5 @@
 """How objects become ring messages, for every object of the shm backend
-(the queues in ``shm``, the Pipe in ``shm_pipe``).
+(its queues in ``queues``, its Pipe in ``pipe``).
 
 A ring message (``mpx._ext.ring``) is a list of byte strings ("parts") and
 an 8-bit tag that says how to read them:
@@ -33,8 +33,8 @@ object.
 import functools
 import pickle
 
-from .. import _serial
-from .._ext.ring import dumps_compact, loads_compact
+from ... import _serial
+from ..._ext.compact import loads_compact
 
 __all__ = ["TAG_PICKLE", "TAG_OOB", "TAG_BYTES", "TAG_TEXT", "TAG_NDARRAY",
            "TAG_COMPACT", "TAG_BYTEARRAY", "OOB_RETRY", "Codec"]
@@ -50,9 +50,6 @@ TAG_BYTEARRAY = 6
 # A tuple, list or dict whose plain stream is at least this long, and that
 # holds an array directly, is pickled again with out-of-band buffers.
 OOB_RETRY = 256 << 10
-
-# Types the compact encoding may take (it decides on the whole object).
-_compact_types = frozenset({tuple, list, dict, int, float, str, bool, type(None)})
 
 # Types whose objects never carry large raw buffers: they are pickled in
 # band on the fast path. Grows as puts meet new types (shared with the
@@ -113,17 +110,19 @@ def _ndarray_from(head, data):
 
 def encode(serializer, raw, obj):
     """(msg, tag) for the ring: raises, touching nothing, if obj cannot be
-    serialized. `raw`: the serializer is pickle, so the shortcuts apply."""
+    serialized. `raw`: the serializer is pickle, so the shortcuts apply.
+
+    This is the second half of one decision tree; the first is the ring's
+    compiled encoder (``Ring._encode_obj`` in ring.pyx, through the hooks
+    of ``Codec.ring_hooks``), which takes bytes (TAG_BYTES) and objects with
+    a compact encoding (TAG_COMPACT) itself, pickles types of
+    ``plain_types`` in band (handing large streams to ``big``), and calls
+    this for every other object. So neither bytes nor compact objects are
+    looked for here."""
     tp = type(obj)
     if raw:
-        if tp is bytes:
-            return obj, TAG_BYTES
         if tp is bytearray:
             return [b"", obj], TAG_BYTEARRAY
-        if tp in _compact_types:
-            msg = dumps_compact(obj)
-            if msg is not None:
-                return msg, TAG_COMPACT
         if wants_oob(tp):
             if tp.__module__ == "numpy":
                 msg = _ndarray_message(obj)

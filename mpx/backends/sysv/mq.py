@@ -72,15 +72,15 @@ import time
 
 import sysv_ipc
 
-from .. import _names, _trust
-from ._mq_common import (
+from ... import _names, _trust
+from .._common.mq import (
     MAGIC, MIN_MSGSIZE, NAME_MAX_BYTES, OFF_NAME, OPEN_WAIT, Empty, Full, FLAG_ANONYMOUS,
     KIND_OF_FAMILY, TAG_SIZE, CorruptTag, JoinableMixin, MessageQueueBase, NotAnMpxQueue,
     PriorityMixin, SideStore, Tag, check_compatible, check_header, check_limit, count_sides,
     entry_body, forget_all, half_created, ls_columns, normalize_name, open_queue, queue_args,
     read_int, settled_header, finish_removal, sweep_sides, SHM_DIR, PRIORITY_MAX,
     OFF_DATA_WAITERS, OFF_SPACE_WAITERS)
-from ._mq_common import PRIORITY_MIN  # noqa: F401  (documented here too)
+from .._common.mq import PRIORITY_MIN  # noqa: F401  (documented here too)
 
 FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "PriorityQueue")
 

@@ -5,7 +5,7 @@ Not a backend: the shm queues' ``_reader.fileno()``, for
 stdlib's ``concurrent.futures.ProcessPoolExecutor`` waits on its
 ``mp_context.SimpleQueue()._reader`` that way, then calls its ``recv()``).
 
-The bell (the shm Pipe's, see ``_ring_channel``'s module docstring)
+The bell (the shm Pipe's, see ``channel``'s module docstring)
     Every queue is made with an eventfd "bell" that goes wherever the
     queue's descriptor goes when a process starts (inherited by fork, passed
     to spawn and forkserver children with the ring) and is owned by the
@@ -59,7 +59,7 @@ __all__ = ["Watch"]
 
 
 # Aux words of a queue's ring.
-ARMED = 0      # IDLE / ARMED / RUNG, as a channel's (see _ring_channel)
+ARMED = 0      # IDLE / ARMED / RUNG, as a channel's (see channel.py)
 NOBELL = 1     # how many holders ever opened the queue without its bell
 IDLE, ARMED_, RUNG = 0, 1, 2
 

@@ -1,7 +1,7 @@
 """The transports the benchmark compares: mpx's and its peers'.
 
 Each contender is an :class:`Adapter`. The measurement process (see
-``mpx._bench_worker``) calls ``setup(kind, case)`` before it forks its
+``mpx.bench.worker``) calls ``setup(kind, case)`` before it forks its
 children, each child calls ``open(role, index)`` and gets an :class:`End`
 (``put``/``get`` and, where the transport has them, ``put_many``/``get_many``),
 and the measurement process calls ``teardown()`` at the end.
@@ -31,10 +31,7 @@ BIG = 64 * 1024            # from here on, zero-copy sends pay off in zmq
 def mpx_context():
     """mpx's fork context (the measurement process forks its children)."""
     import mpx
-    get = getattr(mpx, "get_context", None)
-    if get is None:         # the package's top level is not written yet
-        from mpx.context import get_context as get
-    return get("fork")
+    return mpx.get_context("fork")
 
 
 def std_context():

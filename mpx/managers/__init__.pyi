@@ -16,7 +16,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.managers import Namespace as Namespace, RemoteError as RemoteError
 from typing import Any
 
-from .context import _SerializerSpec
+from ..context import _SerializerSpec
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token", "Server",
            "Namespace", "Value", "Array", "RemoteError", "RemoteTraceback",

@@ -44,7 +44,7 @@ How a queue travels to another process
     any that is still alive, and checks the ring's random id to be sure it
     found the same queue.
 
-Messages in the ring: see ``_ring_codec`` (shared with the shm Pipe).
+Messages in the ring: see ``codec`` (shared with the shm Pipe).
 """
 
 import collections
@@ -56,13 +56,14 @@ import stat
 import sys
 import weakref
 
-from .. import _names
-from .. import _serial
-from .. import _trust
-from . import _ring_codec, _ring_watch
-from .. import _timeouts
-from .._aio import AsyncQueueMixin
-from ..queues import ShutDown
+from ... import _names
+from ... import _serial
+from ... import _trust
+from . import codec as _ring_codec, watch as _ring_watch
+from ... import _timeouts
+from ..._aio import AsyncQueueMixin
+from ..._exceptions import ShutDown
+from . import DEFAULT_CAPACITY      # the ring size when none is given (also pipes')
 
 __all__ = ["FAMILIES", "Queue", "SimpleQueue", "JoinableQueue", "ShmQueue",
            "ShmSimpleQueue", "ShmJoinableQueue", "ShutDown", "describe", "remove",
@@ -74,19 +75,12 @@ FAMILIES = ("Queue", "SimpleQueue", "JoinableQueue", "Pool")
 
 SHM_DIR = "/dev/shm"
 
-# Ring size when none is given: room for ~80000 small messages, and for 1 MiB
-# arrays to stream through the ring itself (faster than the overflow area,
-# whose pages go cold between uses). Pages are only allocated as the ring is
-# first used, so a queue that carries little costs little.
-DEFAULT_CAPACITY = 4 << 20
-
-
 _KIND_CODES = {"Queue": 1, "SimpleQueue": 2, "JoinableQueue": 3}
 _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
 
 try:
-    from .._ext import ring as _ring
-    from .._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
+    from ..._ext import ring as _ring
+    from ..._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
                              queue_put as _queue_put, queue_put_nowait as _queue_put_nowait)
 except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None
@@ -363,7 +357,7 @@ def _reopen(handle, name, ring_id, mode):
     how = handle[0]
     if how == "dup":
         # Handed over at process start: the descriptor came with us, and is
-        # ours now (so is the bell's, see _ring_watch). (spawn passes them
+        # ours now (so is the bell's, see watch.py). (spawn passes them
         # inheritable; a program this process runs must not get them.)
         fd = handle[1].detach()
         os.set_inheritable(fd, False)
@@ -751,7 +745,7 @@ class _RingQueue(_QueueRings, AsyncQueueMixin):
         ring = self._live_ring()
         ring.shutdown()
         if ring.bell_fd >= 0:
-            # A shut-down queue is readable to wait() (see _ring_watch).
+            # A shut-down queue is readable to wait() (see watch.py).
             _ring_watch.ring_the_bell(ring.bell_fd)
         if immediate:
             self._stash.clear()

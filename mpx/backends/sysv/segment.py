@@ -2,7 +2,7 @@
 
 Mechanism only (the array header and everything numpy is
 ``mpx.sharedarray``'s business): this module offers the segment API that
-``mpx.backends._segment`` describes, with ``HASHED_NAMES`` true, and
+``mpx.backends._common.segment`` describes, with ``HASHED_NAMES`` true, and
 ``key_for(name)`` besides.
 
 Names: SysV segments have integer keys, not names, so a name is hashed to a
@@ -52,9 +52,9 @@ import weakref
 
 import sysv_ipc
 
-from .. import _names
-from .. import _trust
-from ._segment import (
+from ... import _names
+from ... import _trust
+from .._common.segment import (
     KIND, InvalidSegmentError, check_magic, check_removable, check_size, describe_row,
     entry_name, gone_error, not_found, record, remove_entry, unlink_recorded)
 

@@ -1,4 +1,4 @@
-"""What the three SharedArray backends (``posix_shm``, ``sysv_shm``, ``file``) share.
+"""What the three SharedArray backends (``posix.segment``, ``sysv.segment``, ``file``) share.
 
 Not a backend (the registry never loads it). Mechanism only: segments of raw
 bytes; what lives in them is ``mpx.sharedarray``'s business.
@@ -75,7 +75,7 @@ What is here
   O_TMPFILE). Each process keeps the descriptor open as long as its mapping,
   and a handle (``ref``) lists the processes holding it, so another process
   can reopen an anonymous (or already unlinked) one through
-  ``/proc/<pid>/fd/<fd>`` (see ``_procfd``). SysV segments are attached by id
+  ``/proc/<pid>/fd/<fd>`` (see ``procfd``). SysV segments are attached by id
   instead and need none of this.
 """
 
@@ -86,9 +86,9 @@ import stat
 import sys
 import weakref
 
-from .. import _names
-from .. import _trust
-from ._procfd import open_from_holders
+from ... import _names
+from ... import _trust
+from .procfd import open_from_holders
 
 KIND = "SharedArray"
 

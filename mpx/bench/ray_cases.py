@@ -1,7 +1,7 @@
 """The benchmark's Ray cases: mpx's ray backend against Ray's own objects.
 
 Each measurement runs in the harness's fresh measurement process (see
-``mpx._bench_worker``), which starts a local Ray instance (``num_cpus=2``,
+``mpx.bench.worker``), which starts a local Ray instance (``num_cpus=2``,
 no dashboard; about 4 s here, not timed), measures one contender and shuts
 Ray down again. A Ray connection does not survive fork, so the generic
 cases, which fork producers and consumers, leave the ray backend out; these

@@ -20,9 +20,9 @@ import struct
 
 from multiprocessing import reduction
 
-from .. import _aio, _serial
-from .._serial import loads_custom, wire_bytes
-from .._timeouts import seconds
+from ... import _aio, _serial
+from ..._serial import loads_custom, wire_bytes
+from ..._timeouts import seconds
 
 __all__ = ["SerializedConnection"]
 
