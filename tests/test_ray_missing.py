@@ -63,7 +63,7 @@ def test_mpx_backend_ray_without_ray_fails_loudly_for_queues_only():
 
 def test_bench_skips_the_ray_cases():
     out = run("""
-        from mpx import _bench_cases as c
+        from mpx.bench import cases as c
         peers, _ = c.peer_status()
         for case in c.CASES:
             if case["name"].startswith("ray-"):

@@ -154,6 +154,8 @@ def _load_module(modname):
                 check = getattr(module, "unavailable", None)
                 reason = check() if check is not None else None
                 result = (None, reason) if reason else (module, None)
+                if reason:
+                    _declared[modname] = tuple(getattr(module, "FAMILIES", ()))
         _loaded[modname] = result
     return _loaded[modname]
 

@@ -33,11 +33,10 @@ import collections
 import os
 import time
 import uuid
-
-from ..._timeouts import seconds
 from queue import Empty, Full
 
 from ..._exceptions import ShutDown
+from ..._timeouts import seconds
 from . import _portable, _runtime
 
 __all__ = ["RayQueue", "RaySimpleQueue", "RayJoinableQueue", "make", "NAMESPACE"]
