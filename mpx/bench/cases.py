@@ -42,9 +42,11 @@ PEERS = {
     "mpire": ("mpire", "mpire", "mpire.WorkerPool (fork, keep_alive)"),
 }
 
-# The Ray cases and peers live in their own module (mpx.bench.ray_cases).
+# The Ray and asyncio cases and peers live in their own modules.
+from . import aio_cases as _bench_aio  # noqa: E402
 from . import ray_cases as _bench_ray  # noqa: E402
 PEERS.update(_bench_ray.PEERS)
+PEERS.update(_bench_aio.PEERS)
 
 _POOL_PEERS = ("mp.Pool", "mp.ProcessPoolExecutor", "loky", "mpire")
 
@@ -180,6 +182,7 @@ def _build():
     add(_case("memcpy-1MiB", "memcpy of 1MiB (in cache), one core", "memcpy",
               (), "GB/s", (), True, payload="bytes", size=MiB, smoke=1, pilot=1,
               min=1, max=1, calibrate=False))
+    cases += _bench_aio.cases(_case)
     cases += _bench_ray.cases(_case)
     return cases
 

@@ -25,6 +25,9 @@ MANAGER = "Manager proxy calls per second, one client"
 POOL = "mpx.Pool against multiprocessing.Pool (2 workers, fork), same run"
 EXECUTOR = ("mpx.futures' executor, and the stdlib's given an mpx context (its call "
             "queue is always the stdlib's pipe), against the stdlib's executor")
+ASYNCIO = ("an awaited round trip over Queue[shm] (both ends coroutines) against the "
+           "stdlib way (mp.Queue, get through run_in_executor), and within 2x of "
+           "mpx's own blocking round trip")
 RAY = "the ray backend against Ray's own queue and pool, same run"
 
 TARGETS = [
@@ -81,6 +84,10 @@ TARGETS = [
      "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
     {"checks": EXECUTOR, "case": "executor-map", "mpx": "mp.ProcessPoolExecutor(mpx context)",
      "peer": "mp.ProcessPoolExecutor", "at_least": 1.0},
+    {"checks": ASYNCIO, "case": "aio-roundtrip", "mpx": "mpx.Queue[shm] awaited",
+     "peer": "mp.Queue+run_in_executor", "at_least": 4.0},
+    {"checks": ASYNCIO, "case": "aio-roundtrip", "mpx": "mpx.Queue[shm] awaited",
+     "peer": "mpx.Queue[shm] blocking", "at_least": 0.5},
     {"checks": RAY, "case": "ray-queue-small-batch", "mpx": "mpx.Queue[ray]",
      "peer": "ray Queue", "at_least": 10.0},
     {"checks": RAY, "case": "ray-queue-small", "mpx": "mpx.Queue[ray]",

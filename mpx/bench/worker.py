@@ -145,6 +145,9 @@ def measure(job):
     if kind == "ray":
         from . import ray_cases as _bench_ray
         return _bench_ray.measure(job)
+    if kind == "aio":
+        from . import aio_cases
+        return aio_cases.measure(job)
     return {"stream": _stream, "rtt": _rtt, "manager": _manager,
             "handoff": _handoff, "memcpy": _memcpy, "pool": _pool}[kind](job)
 

@@ -596,6 +596,9 @@ class _RingQueue(_QueueRings, AsyncQueueMixin):
     def _aio_closed(self):
         return self._ring is None
 
+    def _aio_spin(self, seconds):
+        return self._poll(seconds)
+
     def _fileno(self):
         ring = self._live_ring()
         if not self._watched():
