@@ -5,7 +5,7 @@ Facts this module is built on
 -----------------------------
 Descriptors. Most queues have a descriptor that is readable while an item
 (or a shutdown) waits: the shm ring's bell (``_reader.fileno()``, see
-``backends/_ring_watch``), the pipe of the pipe backend, a POSIX message
+``backends/shm/watch``), the pipe of the pipe backend, a POSIX message
 queue's own descriptor (pollable on Linux). A waiting coroutine registers
 it with its running loop. One registration per (loop, queue) serves every
 coroutine of that loop waiting on it; they are woken one at a time, in the

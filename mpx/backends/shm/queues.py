@@ -880,7 +880,7 @@ class _Reader:
 
     def fileno(self):
         """A descriptor readable while the queue holds an item or is shut
-        down (see mpx.backends._ring_watch)."""
+        down (see mpx.backends.shm.watch)."""
         return self._queue._fileno()
 
     def recv(self):
