@@ -295,7 +295,9 @@ class AsyncQueueMixin:
         return self.get_nowait()
 
     def _aio_put(self, obj, **kwargs):
-        return self.put_nowait(obj, **kwargs)
+        if kwargs:
+            return self.put_nowait(obj, **kwargs)
+        return self.put_nowait(obj)
 
     def _aio_ready(self):
         return not self.empty()
@@ -304,23 +306,32 @@ class AsyncQueueMixin:
         """``get()`` for coroutines: the next item, waiting without blocking
         the event loop; queue.Empty once `timeout` seconds pass (None: wait
         for ever). Cancelled, it has taken nothing."""
+        try:
+            return self._aio_get()
+        except _queue.Empty:
+            pass
         deadline = _deadline(timeout)
+        spun = False
         while True:
+            left = _left(deadline)
+            if left <= 0:
+                raise _queue.Empty
+            if not spun and _first_waiter(self):
+                spun = True
+                try:
+                    return self._aio_get_in_place(min(left, _SPIN))
+                except _queue.Empty:
+                    continue
+            await _wait_readable(self, left)
             try:
                 return self._aio_get()
             except _queue.Empty:
                 pass
-            left = _left(deadline)
-            if left <= 0:
-                raise _queue.Empty
-            if _first_waiter(self) and self._aio_spin(min(left, _SPIN)):
-                continue
-            await _wait_readable(self, left)
 
-    def _aio_spin(self, seconds):
-        """Wait in place (blocking) up to `seconds` for an item; True if one
-        may be there. Backends with a cheap spinning wait override it."""
-        return False
+    def _aio_get_in_place(self, seconds):
+        """A blocking get of at most `seconds` (it holds the loop): backends
+        whose wait spins before it sleeps override it; others do not wait."""
+        return self._aio_get()
 
     async def get_many_async(self, max_items=None, timeout=None):
         """``get_many()`` for coroutines: waits like get_async for the first
@@ -338,6 +349,10 @@ class AsyncQueueMixin:
         while the queue is full; queue.Full once `timeout` seconds pass.
         Cancelled, it has put nothing. An object that cannot be serialized
         raises at once."""
+        try:
+            return self._aio_put(obj, **kwargs) if kwargs else self._aio_put(obj)
+        except _queue.Full:
+            pass
         await retry_while_full(lambda: self._aio_put(obj, **kwargs), _queue.Full,
                                _deadline(timeout))
 
