@@ -196,7 +196,8 @@ def _preload():
                 names.extend(registry.BACKENDS[row["name"]][1])
     except Exception:
         pass
-    names.append("mpx.sharedarray")
+    # mpx's own objects above the backends, as the stdlib's pool is above.
+    names += ["mpx.sharedarray", "mpx.pool", "mpx.futures"]
     return names
 
 
