@@ -59,14 +59,7 @@ class _PoolWorker:
     def __init__(self, ser, initializer, initargs):
         self._ser = ser
         self._funcs = {}
-        self._initerr = None
-        if initializer is not None:
-            try:
-                if type(initializer) is bytes:
-                    initializer = ser.loads(initializer)
-                initializer(*initargs)
-            except BaseException as e:
-                self._initerr = _pool._dump_error(ser, e)
+        self._initerr = _pool._run_initializer(ser, initializer, initargs)
 
     def run(self, msgs):
         """(pid, seconds of work, result messages) of a batch of tasks."""

@@ -379,6 +379,20 @@ def _run(msg, funcs, ser):
         return (seq, _R_ERR, _dump_error(ser, MaybeEncodingError(e, value)))
 
 
+def _run_initializer(ser, initializer, initargs):
+    """Run a worker's initializer (None, a callable, or serializer bytes of
+    one); None if it returned, else the serialized error to report."""
+    if initializer is None:
+        return None
+    try:
+        if type(initializer) is bytes:
+            initializer = ser.loads(initializer)
+        initializer(*initargs)
+    except BaseException as e:
+        return _dump_error(ser, e)
+    return None
+
+
 def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtasks,
                  take_max, workers):
     """A pool worker's life (runs in the child)."""
@@ -392,14 +406,10 @@ def _worker_main(tasks, results, table, slot, ser, initializer, initargs, maxtas
     w = table.words
     base = slot * _SLOT_WORDS
     w[base + _S_PID] = os.getpid()
-    if initializer is not None:
-        try:
-            if type(initializer) is bytes:
-                initializer = ser.loads(initializer)
-            initializer(*initargs)
-        except BaseException as e:
-            results.put((_CTRL, _C_INITFAIL, slot, _dump_error(ser, e), os.getpid()))
-            sys.exit(1)
+    failed = _run_initializer(ser, initializer, initargs)
+    if failed is not None:
+        results.put((_CTRL, _C_INITFAIL, slot, failed, os.getpid()))
+        sys.exit(1)
     w[base + _S_STATE] = _ST_WORKING
     parent = multiprocessing.parent_process()
     get_many, put = tasks.get_many, results.put
