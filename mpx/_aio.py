@@ -1,5 +1,7 @@
-"""The awaitable face of mpx's queues: get_async, put_async, get_many_async,
-``async for``, without a thread per waiting coroutine.
+"""The awaitable face of mpx's queues (get_async, put_async, get_many_async,
+``async for``) and pipe ends (recv_async, send_async, poll_async), and the
+wake-up of coroutines awaiting Pool results, without a thread per waiting
+coroutine.
 
 Facts this module is built on
 -----------------------------
@@ -19,6 +21,17 @@ No descriptor. A SysV queue has none. One helper thread per process then
 looks at every queue that coroutines wait on (its kernel count) and wakes
 them; it looks every millisecond at first, backing off to every 20 ms while
 nothing comes, and sleeps when nobody waits.
+
+The shm queues' bell is made exact (settled) when a wait begins, not after
+every take, so awaiting a queue leaves its compiled get on the fast path.
+
+Pipe and FIFO ends. A message is a length header and data on a byte
+stream, so recv_async and send_async move it whole without blocking the
+loop: a reader and a writer of one large message in the same loop would
+otherwise wait for each other for ever. They read and write through a
+description of their own (a socket with MSG_DONTWAIT, a pipe reopened
+through /proc with O_NONBLOCK), since setting O_NONBLOCK on the shared one
+would change it for every other process using it.
 
 Room. No backend has a descriptor that says "a put would not wait", so a
 put_async on a full queue retries with a backoff (0.2 ms doubling to 10 ms).
