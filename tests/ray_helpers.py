@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -100,12 +99,3 @@ def run_driver(code, timeout=90, **env):
         out, err = p.communicate()
         raise AssertionError(f"driver overran {timeout} s:\n{out}\n{err[-3000:]}")
     return p.returncode, out, err
-
-
-def eventually(predicate, timeout=20.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

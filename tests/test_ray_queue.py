@@ -12,7 +12,8 @@ import pytest
 import mpx
 import ray_tasks
 from mpx.queues import ShutDown
-from ray_helpers import eventually, gcs_address, ray_instance, run_driver  # noqa: F401
+from conftest import wait_for
+from ray_helpers import gcs_address, ray_instance, run_driver  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("ray_instance")
 
@@ -201,7 +202,7 @@ def test_named_queue_is_found_by_a_second_driver(ray):
             mpx.JoinableQueue(backend="ray", name=name)
     finally:
         q.unlink()
-    assert eventually(lambda: _gone(ray, name))
+    assert wait_for(lambda: _gone(ray, name), 20)
     with pytest.raises(FileNotFoundError):
         mpx.Queue(backend="ray", name=name, create=False)
     with pytest.raises(ConnectionError):
@@ -235,7 +236,7 @@ def test_named_queue_outlives_its_creator_anonymous_does_not(ray):
         assert q.get(timeout=30) == "still here"
     finally:
         q.unlink()
-    assert eventually(lambda: _gone(ray, anon_name), timeout=30), \
+    assert wait_for(lambda: _gone(ray, anon_name), 30), \
         "the anonymous queue's actor outlived the driver that made it"
 
 
