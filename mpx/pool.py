@@ -1366,12 +1366,13 @@ class _Core:
             self._process(batch)
 
     def _reap(self):
-        for p in list(self.exiting):
-            if p.exitcode is not None:
-                self.exiting.remove(p)
-                _close_process(p)
+        with self.lock:
+            ended = [p for p in self.exiting if not _running(p)]
+            self.exiting = [p for p in self.exiting if p not in ended]
+        for p in ended:
+            _close_process(p)
         dead = [(slot, p) for slot, p in enumerate(self.procs)
-                if p is not None and p.exitcode is not None]
+                if p is not None and not _running(p)]
         if not dead and not self.suspects:
             return
         if self.terminated:
@@ -1388,6 +1389,8 @@ class _Core:
         done = []
         kill = False
         with self.lock:
+            if self.terminated:
+                return               # terminate() owns (and closes) them
             now = time.monotonic()
             for slot, p in dead:
                 if self.procs[slot] is not p:
@@ -1527,8 +1530,8 @@ class _Core:
                 return False
             procs = list(self.exiting)
         for p in procs:
-            p.join(_JOIN_WAIT)
-            if p.exitcode is None:
+            _join(p, _JOIN_WAIT)
+            if _running(p):
                 return False
         return True
 
@@ -1581,7 +1584,7 @@ class _Core:
                 pass
         deadline = time.monotonic() + _JOIN_WAIT
         for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+            _join(p, max(0.0, deadline - time.monotonic()))
         for p in procs:
             _kill(p)
             _close_process(p)
@@ -1602,7 +1605,7 @@ class _Core:
             procs = self._all_procs_locked()
         for p in procs:
             if _running(p):
-                _interruptible(self, p.join)
+                _interruptible(self, _join, p)
             _close_process(p)
         with self.lock:
             self.exiting = [p for p in self.exiting if p not in procs]
@@ -1652,6 +1655,15 @@ def _running(p):
         return p.exitcode is None
     except ValueError:
         return False
+
+
+def _join(p, timeout=None):
+    """Wait for worker `p` to end. The handler thread may close the object
+    meanwhile (it reaps workers that exited); closed means joined."""
+    try:
+        p.join(timeout)
+    except ValueError:
+        pass
 
 
 def _kill(p):
