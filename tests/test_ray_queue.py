@@ -2,7 +2,9 @@
 instance (one per run, see ray_helpers), Ray tasks as the other processes,
 named queues from a second driver, and what Ray cannot carry."""
 
+import os
 import queue
+import signal
 import textwrap
 import threading
 import time
@@ -66,6 +68,58 @@ def test_maxsize_full_and_counts():
         q.put_many(range(5), timeout=0.2)
     assert info.value.put_count == 3
     assert q.get_many() == [0, 1, 2]
+
+
+def test_more_waiters_than_the_actor_has_wait_threads():
+    # 40 blocked gets against 32 wait threads: the calls beyond them start
+    # when a slice ends, so every getter is served and none hangs.
+    from mpx.backends.ray._queue import _WAITERS
+    q = mpx.Queue(backend="ray")
+    n = _WAITERS + 8
+    got, errors = [], []
+
+    def getter():
+        try:
+            got.append(q.get(timeout=60))
+        except BaseException as e:
+            errors.append(e)
+    threads = [threading.Thread(target=getter) for _ in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    q.put_many(range(n))
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(got) == list(range(n))
+    q.close()
+
+
+def test_a_wait_longer_than_one_slice_and_a_blocked_put_go_on():
+    from mpx.backends.ray._queue import _SLICE
+    q = mpx.Queue(1, backend="ray")
+    t = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=_SLICE + 0.5)
+    assert _SLICE + 0.4 < time.monotonic() - t < _SLICE + 5
+    q.put("a")
+    threading.Timer(_SLICE + 0.5, q.get).start()
+    q.put("b", timeout=30)           # waits over a slice for the Timer's get
+    assert q.get(timeout=5) == "b"
+    q.close()
+
+
+def test_ctrl_c_during_a_get_gives_back_what_the_call_took():
+    # SIGINT while get() waits in the actor; the item a thread puts right
+    # after is taken by that call, and must be back in the queue.
+    q = mpx.Queue(backend="ray")
+    pid = os.getpid()
+    threading.Timer(0.3, os.kill, (pid, signal.SIGINT)).start()
+    threading.Timer(0.6, q.put, ("taken",)).start()
+    with pytest.raises(KeyboardInterrupt):
+        q.get(timeout=30)
+    assert q.get(timeout=10) == "taken"
+    assert q.qsize() == 0
+    q.close()
 
 
 def test_none_timeout_waits_for_a_task(ray):

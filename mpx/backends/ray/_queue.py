@@ -4,15 +4,25 @@ Facts this module is built on
 -----------------------------
 - One actor per queue holds the items (bytes made by the mpx serializer in
   the caller's process, so an object that cannot be serialized raises from
-  ``put`` and the queue is unchanged, and lambdas travel). It is an asyncio
-  actor: a ``get`` or ``put`` that must wait awaits there, while other
-  calls go on; the wait's deadline is kept by the actor, so a call always
+  ``put`` and the queue is unchanged, and lambdas travel).
+- It is a threaded actor with two concurrency groups. Calls that never wait
+  (a put with room, a get with items, qsize, ...) run on its default
+  thread; calls that must wait run in the "wait" group's threads. A plain
+  (threaded) actor call costs about 1.5 ms here, against about 2 ms for an
+  asyncio actor's (as ``ray.util.queue.Queue``'s is): measured with Ray
+  2.60, 600-700 put+get pairs a second against 450-550.
+- A waiting call waits at most ``_SLICE`` seconds, then answers "not yet"
+  and the caller calls again (keeping its own deadline), so every call
   comes back (with items, or saying Empty/Full/ShutDown) and the caller
-  never gives up on a call whose answer may hold items.
+  never gives up on a call whose answer may hold items. The slices also
+  bound how long a call waits for a free "wait" thread when more than
+  ``_WAITERS`` callers wait at once: it starts within a slice of one of
+  them, so its timeout can run late by up to ``_SLICE`` per ``_WAITERS``
+  callers ahead of it, and nothing waits for ever behind them.
 - One actor call per ``put_many``/``get_many`` moves any number of items:
-  an actor call costs about a millisecond here, the items almost nothing,
-  which is why ``ray.util.queue.Queue`` (one call per item) is slow and the
-  batch calls are not.
+  the call costs about a millisecond, the items almost nothing, which is
+  why one call per item (``ray.util.queue.Queue``, or put/get here) is slow
+  and the batch calls are not.
 - Every queue is a *named* actor in the namespace ``"mpx"``, so a pickled
   queue is just its name (and the cluster's address): it opens again in a
   Ray task or actor, and in any process that can join the cluster. A queue
@@ -24,13 +34,12 @@ Facts this module is built on
 - A caller that dies while the answer to its ``get`` is on its way loses
   those items (the killed process's own in-flight message, as for the local
   backends); items whose ``put`` returned are never lost while the actor
-  lives. Ctrl-C during a waiting ``get`` cancels the call; items it had
-  already taken go back to the front of the queue.
+  lives. Ctrl-C during a waiting ``get`` waits for the call's answer (at
+  most a slice) and puts the items it took back at the front of the queue.
 """
 
-import asyncio
 import collections
-import os
+import threading
 import time
 import uuid
 from queue import Empty, Full
@@ -47,37 +56,113 @@ _PREFIX = "mpx-queue:"
 # Status words of the actor's answers.
 _OK, _EMPTY, _FULL, _SHUT = 0, 1, 2, 3
 
+_WAITERS = 32       # threads of a queue's actor that may wait at once
+_SLICE = 1.0        # the longest one waiting call holds one of them
+
 _server_class = None
 
 
 class _QueueServer:
-    """The actor's body (wrapped with ``ray.remote`` on first use)."""
+    """The actor's body (wrapped with ``ray.remote`` on first use). The
+    ``*_wait`` methods run in the "wait" group's threads, the others on
+    the actor's default thread; one lock guards the state."""
 
     def __init__(self, family, maxsize):
         self._family = family
         self._maxsize = maxsize
+        self._counts_tasks = family == "JoinableQueue"
         self._items = collections.deque()
         self._shut = False
         self._unfinished = 0
-        self._changed = None        # asyncio.Condition, made in the actor's loop
+        self._changed = threading.Condition()
 
-    def _cond(self):
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
+    def info(self):
+        return self._family, self._maxsize
 
-    async def _wait(self, cond, deadline):
-        """Wait for a change; False once `deadline` (None: never) passed."""
-        if deadline is None:
-            await cond.wait()
+    # -- calls that never wait ------------------------------------------
+
+    def put(self, items):
+        """Append what fits of `items`; returns (status, how many went in)."""
+        with self._changed:
+            return self._put_locked(items)
+
+    def get(self, max_items):
+        """Take up to `max_items` (None: all): a list of items, or a status
+        word (_EMPTY, _SHUT) when there are none."""
+        with self._changed:
+            return self._get_locked(max_items)
+
+    def unget(self, items):
+        """Put back at the front what an interrupted get took."""
+        with self._changed:
+            self._items.extendleft(reversed(items))
+            self._changed.notify_all()
+
+    def qsize(self):
+        return len(self._items)
+
+    def full(self):
+        with self._changed:
+            room = self._room()
+        return room is not None and room <= 0
+
+    def shutdown(self, immediate):
+        with self._changed:
+            self._shut = True
+            if immediate:
+                self._unfinished = max(0, self._unfinished - len(self._items))
+                self._items.clear()
+            self._changed.notify_all()
+
+    def is_shutdown(self):
+        return self._shut
+
+    def task_done(self):
+        with self._changed:
+            if self._unfinished <= 0:
+                return False
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._changed.notify_all()
             return True
+
+    # -- calls that may wait (at most `wait` <= _SLICE seconds) -----------
+
+    def put_wait(self, items, wait):
+        with self._changed:
+            deadline = time.monotonic() + wait
+            done = 0
+            while True:
+                status, n = self._put_locked(items[done:] if done else items)
+                done += n
+                if status != _FULL or not self._sleep(deadline):
+                    return status, done
+
+    def get_wait(self, max_items, wait):
+        with self._changed:
+            deadline = time.monotonic() + wait
+            while True:
+                out = self._get_locked(max_items)
+                if out != _EMPTY or not self._sleep(deadline):
+                    return out
+
+    def join_wait(self, wait):
+        """True once every item put was task_done(); False if `wait` ran out."""
+        with self._changed:
+            deadline = time.monotonic() + wait
+            while self._unfinished:
+                if not self._sleep(deadline):
+                    return False
+            return True
+
+    # -- with the lock held -------------------------------------------------
+
+    def _sleep(self, deadline):
+        """Wait for a change; False once `deadline` has passed."""
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        try:
-            await asyncio.wait_for(cond.wait(), left)
-        except asyncio.TimeoutError:
-            return False
+        self._changed.wait(left)
         return True
 
     def _room(self):
@@ -85,102 +170,38 @@ class _QueueServer:
             return None
         return self._maxsize - len(self._items)
 
-    async def info(self):
-        return self._family, self._maxsize
-
-    async def put(self, items, timeout, count_tasks):
-        """Append `items`, waiting for room up to `timeout` (None: for
-        ever); returns (status, how many went in)."""
-        cond = self._cond()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = 0
-        async with cond:
-            while True:
-                if self._shut:
-                    return _SHUT, done
-                room = self._room()
-                n = len(items) - done if room is None else min(room, len(items) - done)
-                if n > 0:
-                    self._items.extend(items[done:done + n])
-                    if count_tasks:
-                        self._unfinished += n
-                    done += n
-                    cond.notify_all()
-                if done == len(items):
-                    return _OK, done
-                if not await self._wait(cond, deadline):
-                    return _FULL, done
-
-    async def get(self, max_items, timeout):
-        """Take up to `max_items` (None: all) items, waiting up to `timeout`
-        for the first; returns (status, items)."""
-        cond = self._cond()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with cond:
-            while not self._items:
-                if self._shut:
-                    return _SHUT, []
-                if not await self._wait(cond, deadline):
-                    return _EMPTY, []
-            items = self._items
-            n = len(items) if max_items is None else min(max_items, len(items))
-            out = [items.popleft() for _ in range(n)]
-            cond.notify_all()
-            return _OK, out
-
-    async def unget(self, items):
-        """Put back at the front what a cancelled get took."""
-        cond = self._cond()
-        async with cond:
-            self._items.extendleft(reversed(items))
-            cond.notify_all()
-
-    async def qsize(self):
-        return len(self._items)
-
-    async def full(self):
+    def _put_locked(self, items):
+        if self._shut:
+            return _SHUT, 0
         room = self._room()
-        return room is not None and room <= 0
+        n = len(items) if room is None else max(0, min(room, len(items)))
+        if n:
+            self._items.extend(items if n == len(items) else items[:n])
+            if self._counts_tasks:
+                self._unfinished += n
+            self._changed.notify_all()
+        return (_OK if n == len(items) else _FULL), n
 
-    async def shutdown(self, immediate):
-        cond = self._cond()
-        async with cond:
-            self._shut = True
-            if immediate:
-                self._unfinished = max(0, self._unfinished - len(self._items))
-                self._items.clear()
-            cond.notify_all()
-
-    async def is_shutdown(self):
-        return self._shut
-
-    async def task_done(self):
-        cond = self._cond()
-        async with cond:
-            if self._unfinished <= 0:
-                return False
-            self._unfinished -= 1
-            if self._unfinished == 0:
-                cond.notify_all()
-            return True
-
-    async def join(self, timeout):
-        cond = self._cond()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async with cond:
-            while self._unfinished:
-                if not await self._wait(cond, deadline):
-                    return False
-            return True
+    def _get_locked(self, max_items):
+        items = self._items
+        if not items:
+            return _SHUT if self._shut else _EMPTY
+        n = len(items) if max_items is None else min(max_items, len(items))
+        out = [items.popleft() for _ in range(n)]
+        if self._maxsize > 0:
+            self._changed.notify_all()      # room for waiting puts
+        return out
 
 
 def _server(ray):
     global _server_class
     if _server_class is None:
+        for method in ("put_wait", "get_wait", "join_wait"):
+            ray.method(concurrency_group="wait")(getattr(_QueueServer, method))
         # Items wait in the actor, not CPUs: it takes no CPU, so a queue
-        # never waits for a free one. Async: up to 1000 calls wait at once.
+        # never waits for a free one.
         _server_class = ray.remote(num_cpus=0, max_restarts=0,
-                                   max_concurrency=1000)(_QueueServer)
+                                   concurrency_groups={"wait": _WAITERS})(_QueueServer)
     return _server_class
 
 
@@ -273,40 +294,51 @@ class RayQueue:
 
     def _put(self, datas, block, timeout):
         ray = self._ray()
-        wait = seconds(timeout, block)
-        status, n = self._call(ray, self._actor.put.remote(datas, wait, self._counts_tasks))
+        actor = self._actor
+        deadline = _Deadline(seconds(timeout, block))
+        status, done = self._call(ray, actor.put.remote(datas))
+        while status == _FULL:
+            wait = deadline.slice()
+            if wait is None:
+                break
+            status, n = self._call(ray, actor.put_wait.remote(datas[done:], wait))
+            done += n
         if status == _OK:
             return
         err = ShutDown() if status == _SHUT else Full()
-        err.put_count = n
+        err.put_count = done
         raise err
 
     def _get(self, max_items, block, timeout):
         ray = self._ray()
-        wait = seconds(timeout, block)
-        ref = self._actor.get.remote(max_items, wait)
-        try:
-            status, datas = self._call(ray, ref)
-        except KeyboardInterrupt:
-            self._cancel_get(ray, ref)
-            raise
-        if status == _EMPTY:
-            raise Empty
-        if status == _SHUT:
+        actor = self._actor
+        deadline = _Deadline(seconds(timeout, block))
+        ref = actor.get.remote(max_items)
+        while True:
+            try:
+                out = self._call(ray, ref)
+            except KeyboardInterrupt:
+                self._give_back(ray, ref)
+                raise
+            if out != _EMPTY:
+                break
+            wait = deadline.slice()
+            if wait is None:
+                raise Empty
+            ref = actor.get_wait.remote(max_items, wait)
+        if out == _SHUT:
             raise ShutDown
-        return datas
+        return out
 
-    def _cancel_get(self, ray, ref):
-        # The get may have taken items already: they go back in front.
+    def _give_back(self, ray, ref):
+        # The interrupted get may still take items (it answers within a
+        # slice): they go back in front.
         try:
-            ray.cancel(ref)
-            status, datas = ray.get(ref, timeout=10)
+            out = ray.get(ref, timeout=_SLICE + 10)
         except Exception:
             return
-        if datas:
-            self._actor.unget.remote(datas)
-
-    _counts_tasks = False
+        if isinstance(out, list):
+            self._actor.unget.remote(out)
 
     # -- the API ----------------------------------------------------------
 
@@ -453,7 +485,6 @@ class RayJoinableQueue(RayQueue):
     unfinished items (raised in the same call that puts them)."""
 
     _family = "JoinableQueue"
-    _counts_tasks = True
 
     def task_done(self):
         """An item taken with get() is processed; ValueError if called more
@@ -466,7 +497,30 @@ class RayJoinableQueue(RayQueue):
         """Block until every item put has been task_done(); True, or False
         if `timeout` seconds passed first."""
         ray = self._ray()
-        return self._call(ray, self._actor.join.remote(seconds(timeout)))
+        deadline = _Deadline(seconds(timeout))
+        while True:
+            wait = deadline.slice()
+            if self._call(ray, self._actor.join_wait.remote(wait or 0.0)):
+                return True
+            if wait is None:
+                return False
+
+
+class _Deadline:
+    """A caller's deadline, waited for in actor calls of at most _SLICE
+    seconds each."""
+
+    __slots__ = ("end",)
+
+    def __init__(self, timeout):
+        self.end = None if timeout is None else time.monotonic() + timeout
+
+    def slice(self):
+        """How long the next call may wait; None once the deadline passed."""
+        if self.end is None:
+            return _SLICE
+        left = self.end - time.monotonic()
+        return min(left, _SLICE) if left > 0 else None
 
 
 _CLASSES = {"Queue": RayQueue, "SimpleQueue": RaySimpleQueue,
