@@ -38,12 +38,13 @@ put_async on a full queue retries with a backoff (0.2 ms doubling to 10 ms).
 
 Spinning. A wake-up through the loop costs a cross-process kernel wake
 (tens of microseconds on a virtual machine) plus a turn of the loop, so a
-coroutine that finds nothing first lets the object wait up to 50 us in
-place (the shm ring spins, then sleeps, as a blocking get does) before it
-registers with the loop, if no other coroutine of its loop waits on that
-object already (1,000 waiters must not each hold the loop for 50 us).
-This holds the loop for at most that long; backends without such a wait
-skip it.
+coroutine's first look lets the object wait up to 50 us in place (the shm
+ring spins, then sleeps, as a blocking get does) before it registers with
+the loop, if no coroutine of this process waits on that object already
+(1,000 waiters must not each hold the loop for 50 us). This holds the loop
+for at most that long; backends without such a wait skip it. The look and
+the wait are one call: a look that finds nothing raises queue.Empty, which
+costs about a microsecond, as much as the rest of an awaited get.
 
 Waits are cut into slices of at most half a second, after which the
 coroutine looks at the queue again: a queue closed by another thread of
@@ -128,12 +129,17 @@ class _FdWaiters:
             return
         self._disarm()
         del self.registry[self.key]
+        _waited[self.key] -= 1
+        if not _waited[self.key]:
+            del _waited[self.key]
         os.close(self.fd)
 
 
 # loop -> {id(object): _FdWaiters}; an entry lives while coroutines wait, and
 # they hold the object, so its id cannot be reused meanwhile.
 _fd_waiters = weakref.WeakKeyDictionary()
+# id(object) -> how many loops have such an entry (what _nobody_waits reads).
+_waited = {}
 
 
 async def _wait_fd(obj, fd, timeout):
@@ -145,6 +151,7 @@ async def _wait_fd(obj, fd, timeout):
     group = registry.get(key)
     if group is None:
         group = registry[key] = _FdWaiters(registry, key, loop, fd)
+        _waited[key] = _waited.get(key, 0) + 1
     await _until_woken(loop, group.add(), timeout, group.discard)
 
 
@@ -235,11 +242,10 @@ async def _wait_polled(obj, timeout):
     await _until_woken(loop, fut, timeout, poller.discard)
 
 
-def _first_waiter(obj):
-    """True when no coroutine of the running loop waits on `obj` yet."""
-    import asyncio
-    registry = _fd_waiters.get(asyncio.get_running_loop())
-    return not registry or id(obj) not in registry
+def _nobody_waits(obj):
+    """True when no coroutine of this process waits on `obj`'s descriptor:
+    the caller may then hold its loop for a short wait in place."""
+    return id(obj) not in _waited
 
 
 async def _wait_readable(obj, timeout):
@@ -319,22 +325,22 @@ class AsyncQueueMixin:
         """``get()`` for coroutines: the next item, waiting without blocking
         the event loop; queue.Empty once `timeout` seconds pass (None: wait
         for ever). Cancelled, it has taken nothing."""
+        deadline = None if timeout is None else _deadline(timeout)
+        # The first look is also the short wait in place (see the module's
+        # notes), unless other coroutines already wait: a look that finds
+        # nothing raises Empty, which costs a microsecond, so one look, not
+        # a look and then a wait.
         try:
+            if _nobody_waits(self):
+                spin = _SPIN if deadline is None else min(_left(deadline), _SPIN)
+                return self._aio_get_in_place(spin)
             return self._aio_get()
         except _queue.Empty:
             pass
-        deadline = _deadline(timeout)
-        spun = False
         while True:
             left = _left(deadline)
             if left <= 0:
                 raise _queue.Empty
-            if not spun and _first_waiter(self):
-                spun = True
-                try:
-                    return self._aio_get_in_place(min(left, _SPIN))
-                except _queue.Empty:
-                    continue
             await _wait_readable(self, left)
             try:
                 return self._aio_get()
@@ -414,13 +420,11 @@ class AsyncConnectionMixin:
         """``recv()`` for coroutines: the next message, waiting without
         blocking the event loop; EOFError once the other end is gone.
         Cancelled while it waits, it has taken nothing."""
-        spun = False
-        while not self.poll(0):
-            if not spun and _first_waiter(self):
-                spun = True
-                if self.poll(_SPIN):
-                    break
+        # The first look is the short wait in place, as in get_async.
+        ready = self.poll(_SPIN if _nobody_waits(self) else 0)
+        while not ready:
             await _wait_fd(self, self.fileno(), _SLICE)
+            ready = self.poll(0)
         return self.recv()
 
     async def send_async(self, obj):

@@ -251,6 +251,9 @@ def test_a_thousand_coroutines_wait_without_a_thread_each(family, backend):
         # At most one helper thread (the SysV poller, or the shm watcher).
         assert threads <= before + 1
         assert sorted(got) == list(range(n))
+        # Their registration left with them: the next get_async may wait in
+        # place again (see mpx._aio's notes on spinning).
+        assert mpx._aio._nobody_waits(q)
     finally:
         dispose(q)
 
