@@ -108,7 +108,8 @@
 # conn_recv are a Connection's send/recv as methods of its class (the
 # connection names its rings in _send_ring/_recv_ring, and its own
 # _send/_recv raise when there is none); queue_put, queue_get,
-# queue_put_nowait and queue_get_nowait are a queue's likewise (rings in
+# queue_put_nowait, queue_get_nowait and queue_get_or (get_nowait with a
+# default instead of queue.Empty) are a queue's likewise (rings in
 # _put_ring/_get_ring, C fields of QueueRings, the queues' base class; None
 # there calls its _put/_get); a queue's ring may own an eventfd `bell_fd`
 # that put_obj/put_many_obj ring while aux word bell_aux is armed (the

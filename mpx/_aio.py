@@ -42,9 +42,9 @@ coroutine's first look lets the object wait up to 50 us in place (the shm
 ring spins, then sleeps, as a blocking get does) before it registers with
 the loop, if no coroutine of this process waits on that object already
 (1,000 waiters must not each hold the loop for 50 us). This holds the loop
-for at most that long; backends without such a wait skip it. The look and
-the wait are one call: a look that finds nothing raises queue.Empty, which
-costs about a microsecond, as much as the rest of an awaited get.
+for at most that long; backends without such a wait skip it. The first
+look does not raise queue.Empty when it finds nothing (``_aio_get_or``):
+raising costs about a microsecond, as much as the rest of an awaited get.
 
 Waits are cut into slices of at most half a second, after which the
 coroutine looks at the queue again: a queue closed by another thread of
@@ -74,6 +74,7 @@ __all__ = ["AsyncQueueMixin", "AsyncConnectionMixin"]
 _SLICE = 0.5              # longest wait before looking at the object again
 _SPIN = 50e-6             # how long the first waiter may look before sleeping
 _PUT_BACKOFF = (0.0002, 0.01)
+_NOTHING = object()       # what _aio_get_or returns when there is no item
 _POLL_BACKOFF = (0.001, 0.02)
 
 
@@ -318,6 +319,14 @@ class AsyncQueueMixin:
             return self.put_nowait(obj, **kwargs)
         return self.put_nowait(obj)
 
+    def _aio_get_or(self, default):
+        """Take one item now, or return `default` (backends that can look
+        without raising queue.Empty override it)."""
+        try:
+            return self._aio_get()
+        except _queue.Empty:
+            return default
+
     def _aio_ready(self):
         return not self.empty()
 
@@ -326,17 +335,16 @@ class AsyncQueueMixin:
         the event loop; queue.Empty once `timeout` seconds pass (None: wait
         for ever). Cancelled, it has taken nothing."""
         deadline = None if timeout is None else _deadline(timeout)
-        # The first look is also the short wait in place (see the module's
-        # notes), unless other coroutines already wait: a look that finds
-        # nothing raises Empty, which costs a microsecond, so one look, not
-        # a look and then a wait.
-        try:
-            if _nobody_waits(self):
+        item = self._aio_get_or(_NOTHING)
+        if item is not _NOTHING:
+            return item
+        if _nobody_waits(self):
+            # The short wait in place (see the module's notes).
+            try:
                 spin = _SPIN if deadline is None else min(_left(deadline), _SPIN)
                 return self._aio_get_in_place(spin)
-            return self._aio_get()
-        except _queue.Empty:
-            pass
+            except _queue.Empty:
+                pass
         while True:
             left = _left(deadline)
             if left <= 0:

@@ -13,6 +13,7 @@ import pytest
 
 import mpx
 from conftest import backends_for, join_all
+from mpx.queues import ShutDown
 
 T = 60
 LOOPS = ("asyncio", "uvloop")
@@ -95,6 +96,38 @@ def test_get_and_put_async_round_trip(family, backend, loop_kind):
             assert got == list(range(20))
     finally:
         dispose(q)
+
+
+@pytest.mark.parametrize("family,backend", QUEUES)
+def test_the_first_look_of_an_awaited_get(family, backend):
+    # get_async's first look (_aio_get_or; compiled for shm) returns its
+    # default when nothing is there, the item when one is, and raises what
+    # get_nowait raises once the queue is shut down or closed.
+    q = make(family, backend)
+    nothing = object()
+    try:
+        assert q._aio_get_or(nothing) is nothing
+        sync_put(q, "x")
+        wait_for_item(q)
+        assert q._aio_get_or(nothing) == "x"
+        assert q._aio_get_or(nothing) is nothing
+        if hasattr(q, "shutdown"):
+            q.shutdown()
+            with pytest.raises(ShutDown):
+                q._aio_get_or(nothing)
+        q.close()
+        with pytest.raises((ValueError, OSError)):
+            q._aio_get_or(nothing)
+    finally:
+        dispose(q)
+
+
+def wait_for_item(q):
+    # The pipe backend's Queue has a feeder thread: the item is in the pipe
+    # a moment after put() returns.
+    deadline = time.monotonic() + T
+    while q.empty() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 @pytest.mark.parametrize("family,backend", QUEUES)

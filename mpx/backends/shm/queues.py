@@ -81,11 +81,12 @@ _KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
 try:
     from ..._ext import ring as _ring
     from ..._ext.ring import (queue_get as _queue_get, queue_get_nowait as _queue_get_nowait,
+                             queue_get_or as _queue_get_or,
                              queue_put as _queue_put, queue_put_nowait as _queue_put_nowait)
 except ImportError as _e:          # pragma: no cover - the build failed
     _ring = None
     _IMPORT_ERROR = str(_e)
-    _queue_get = _queue_get_nowait = _queue_put = _queue_put_nowait = None
+    _queue_get = _queue_get_nowait = _queue_get_or = _queue_put = _queue_put_nowait = None
 # The queues' base: the rings their compiled methods use, in C fields.
 _QueueRings = object if _ring is None else _ring.QueueRings
 
@@ -607,6 +608,7 @@ class _RingQueue(_QueueRings, AsyncQueueMixin):
 
     # (the compiled functions themselves: no Python frame per awaited call)
     _aio_get = _queue_get_nowait
+    _aio_get_or = _queue_get_or
     _aio_put = _queue_put_nowait
 
     def _aio_get_in_place(self, seconds):
