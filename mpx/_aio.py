@@ -69,7 +69,7 @@ import weakref
 from ._timeouts import seconds as _seconds
 from ._exceptions import ShutDown
 
-__all__ = ["AsyncQueueMixin", "AsyncConnectionMixin"]
+__all__ = ["AsyncIterMixin", "AsyncQueueMixin", "AsyncConnectionMixin"]
 
 _SLICE = 0.5              # longest wait before looking at the object again
 _SPIN = 50e-6             # how long the first waiter may look before sleeping
@@ -304,7 +304,30 @@ def _left(deadline):
     return min(_SLICE, deadline - time.monotonic())
 
 
-class AsyncQueueMixin:
+class AsyncIterMixin:
+    """``async for item in q`` for a queue class with ``get_async``: it ends
+    when the queue is shut down (every item taken) or closed in this
+    process."""
+
+    def __aiter__(self):
+        return self._aio_items()
+
+    async def _aio_items(self):
+        while True:
+            try:
+                yield await self.get_async()
+            except ShutDown:
+                return
+            except (ValueError, OSError):
+                if self._aio_closed():
+                    return
+                raise
+
+    def _aio_closed(self):
+        return bool(getattr(self, "_closed", False))
+
+
+class AsyncQueueMixin(AsyncIterMixin):
     """get_async, put_async, get_many_async and ``async for`` for a queue
     class. The class provides ``_aio_get()`` (take one item now or raise
     queue.Empty), ``_aio_put(obj, **kw)`` (put now or raise queue.Full),
@@ -382,26 +405,6 @@ class AsyncQueueMixin:
             pass
         await retry_while_full(lambda: self._aio_put(obj, **kwargs), _queue.Full,
                                _deadline(timeout))
-
-    def __aiter__(self):
-        return self._aio_items()
-
-    async def _aio_items(self):
-        # Ends when the queue is shut down (every item taken) or closed in
-        # this process.
-        while True:
-            try:
-                yield await self.get_async()
-            except ShutDown:
-                return
-            except (ValueError, OSError):
-                if self._aio_closed():
-                    return
-                raise
-
-    def _aio_closed(self):
-        return bool(getattr(self, "_closed", False))
-
 
 # ------------------------------------------------------------ connections
 

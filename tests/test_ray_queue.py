@@ -367,3 +367,118 @@ def test_spawned_child_joins_the_cluster_to_use_a_queue(ray):
             p.kill()
             p.join(5)
     assert p.exitcode == 0
+
+
+# -- for coroutines ------------------------------------------------------
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run_loop(coro, loop_kind):
+    """Run `coro` on a fresh loop of `loop_kind`, bounded in time."""
+    import asyncio
+    if loop_kind == "uvloop":
+        loop = pytest.importorskip("uvloop").new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, 60))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_awaited_put_get_get_many_and_async_for(ray, loop_kind):
+    q = mpx.Queue(2, backend="ray")
+
+    async def main():
+        await q.put_async(1)
+        await q.put_async(lambda x: x + 1)       # lambdas travel, as with put
+        assert await q.get_async(timeout=10) == 1
+        assert (await q.get_async(timeout=10))(1) == 2
+        with pytest.raises(queue.Empty):
+            await q.get_async(timeout=0.2)
+        await q.put_async("a")
+        await q.put_async("b")
+        with pytest.raises(queue.Full):
+            await q.put_async("c", timeout=0.2)
+        assert await q.get_many_async(timeout=10) == ["a", "b"]
+        ref = remote(ray, ray_tasks.put_later).remote(q, 0.3, "from a task")
+        got = [item async for item in _until_shutdown(q, ray, ref)]
+        return got
+
+    assert run_loop(main(), loop_kind) == ["from a task"]
+    q.close()
+
+
+async def _until_shutdown(q, ray, ref):
+    # The task's item, then the queue is shut down: async for ends.
+    async for item in q:
+        yield item
+        await ref
+        q.shutdown()
+
+
+def test_a_cancelled_get_async_loses_nothing(ray):
+    # Items arrive from a thread around the moment each waiting get_async is
+    # cancelled: every item is either returned or still in the queue.
+    import asyncio
+    q = mpx.Queue(backend="ray")
+    n = 12
+
+    async def main():
+        got = []
+        for i in range(n):
+            task = asyncio.ensure_future(q.get_async())
+            await asyncio.sleep(0.05)
+            threading.Timer(0.02 * (i % 4), q.put, (i,)).start()
+            await asyncio.sleep(0.02 * (i % 3))
+            task.cancel()
+            try:
+                got.append(await task)
+            except asyncio.CancelledError:
+                pass
+        return got
+
+    got = run_loop(main(), "asyncio")
+    time.sleep(0.5)                 # the last Timer's put
+    rest = q.get_many(timeout=10) if len(got) < n else []
+    assert sorted(got + rest) == list(range(n))
+    q.close()
+
+
+def test_wait_for_times_out_and_a_cancelled_put_puts_nothing_later(ray):
+    import asyncio
+    q = mpx.Queue(1, backend="ray")
+    q.put("first")
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(q.put_async("second"), 0.3)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(_get_from_empty(), 0.3)
+
+    async def _get_from_empty():
+        q2 = mpx.Queue(backend="ray")
+        try:
+            return await q2.get_async()
+        finally:
+            q2.close()
+
+    run_loop(main(), "asyncio")
+    assert q.get(timeout=10) == "first"
+    time.sleep(1.5)                 # longer than a waiting call's slice
+    assert q.qsize() == 0           # the cancelled put did not go in later
+    q.close()
+
+
+def test_abort_ends_a_waiting_call_at_once(ray):
+    # What cancellation and Ctrl-C rely on: the actor's waiting call answers
+    # as soon as its caller says it gave up, not at the end of its wait.
+    q = mpx.Queue(backend="ray")
+    ref = q._actor.get_wait.remote(1, 30.0, "tok")
+    time.sleep(0.3)
+    q._actor.abort.remote("tok")
+    from mpx.backends.ray._queue import _EMPTY
+    assert ray.get(ref, timeout=10) == _EMPTY
+    q.close()

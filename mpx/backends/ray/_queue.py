@@ -38,12 +38,15 @@ Facts this module is built on
   most a slice) and puts the items it took back at the front of the queue.
 """
 
+import asyncio
 import collections
+import itertools
 import threading
 import time
 import uuid
 from queue import Empty, Full
 
+from ..._aio import AsyncIterMixin
 from ..._exceptions import ShutDown
 from ..._timeouts import seconds
 from . import _portable, _runtime
@@ -58,6 +61,7 @@ _OK, _EMPTY, _FULL, _SHUT = 0, 1, 2, 3
 
 _WAITERS = 32       # threads of a queue's actor that may wait at once
 _SLICE = 1.0        # the longest one waiting call holds one of them
+_FORGET = 600.0     # how long an abort for a call that already answered is kept
 
 _server_class = None
 
@@ -75,6 +79,7 @@ class _QueueServer:
         self._shut = False
         self._unfinished = 0
         self._changed = threading.Condition()
+        self._aborted = {}          # token of a waiting call -> when abort() came
 
     def info(self):
         return self._family, self._maxsize
@@ -117,6 +122,17 @@ class _QueueServer:
     def is_shutdown(self):
         return self._shut
 
+    def abort(self, token):
+        """The caller of the waiting call `token` gave up (Ctrl-C, a
+        cancelled coroutine): that call answers now, with what it has. An
+        abort that comes after its call answered is forgotten in a while."""
+        with self._changed:
+            now = time.monotonic()
+            for old in [t for t, when in self._aborted.items() if now - when > _FORGET]:
+                del self._aborted[old]
+            self._aborted[token] = now
+            self._changed.notify_all()
+
     def task_done(self):
         with self._changed:
             if self._unfinished <= 0:
@@ -128,22 +144,22 @@ class _QueueServer:
 
     # -- calls that may wait (at most `wait` <= _SLICE seconds) -----------
 
-    def put_wait(self, items, wait):
+    def put_wait(self, items, wait, token):
         with self._changed:
             deadline = time.monotonic() + wait
             done = 0
             while True:
                 status, n = self._put_locked(items[done:] if done else items)
                 done += n
-                if status != _FULL or not self._sleep(deadline):
+                if status != _FULL or not self._sleep(deadline, token):
                     return status, done
 
-    def get_wait(self, max_items, wait):
+    def get_wait(self, max_items, wait, token):
         with self._changed:
             deadline = time.monotonic() + wait
             while True:
                 out = self._get_locked(max_items)
-                if out != _EMPTY or not self._sleep(deadline):
+                if out != _EMPTY or not self._sleep(deadline, token):
                     return out
 
     def join_wait(self, wait):
@@ -157,10 +173,11 @@ class _QueueServer:
 
     # -- with the lock held -------------------------------------------------
 
-    def _sleep(self, deadline):
-        """Wait for a change; False once `deadline` has passed."""
+    def _sleep(self, deadline, token=None):
+        """Wait for a change; False once `deadline` has passed or the call
+        `token` was aborted."""
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or self._aborted.pop(token, None) is not None:
             return False
         self._changed.wait(left)
         return True
@@ -258,9 +275,11 @@ def _find(ray, actor_name, name):
         raise FileNotFoundError(f"no ray queue named {name!r} in this Ray cluster") from None
 
 
-class RayQueue:
+class RayQueue(AsyncIterMixin):
     """``multiprocessing.Queue``'s API (plus put_many/get_many, shutdown,
-    unlink) over a Ray actor; see the module's notes."""
+    unlink, and the awaitable get_async, put_async, get_many_async and
+    ``async for`` of the local queues) over a Ray actor; see the module's
+    notes."""
 
     _family = "Queue"
 
@@ -289,19 +308,28 @@ class RayQueue:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            raise ConnectionError(f"{self!r} is gone: its Ray actor died or was removed "
-                                  f"(unlink(), or its node was lost): {e}") from e
+            raise self._gone(e) from e
 
-    def _put(self, datas, block, timeout):
-        ray = self._ray()
+    def _gone(self, e):
+        return ConnectionError(f"{self!r} is gone: its Ray actor died or was removed "
+                               f"(unlink(), or its node was lost): {e}")
+
+    # A put or get is a series of actor calls: one that never waits, then,
+    # while the queue is full (empty) and time is left, waiting ones of at
+    # most a slice each. The series is written once, as a generator that
+    # yields (the call's ref, its token: None for a call that never waits)
+    # and is sent each answer; _run drives it blocking, _run_async awaiting.
+
+    def _put_calls(self, datas, block, timeout):
         actor = self._actor
         deadline = _Deadline(seconds(timeout, block))
-        status, done = self._call(ray, actor.put.remote(datas))
+        status, done = yield actor.put.remote(datas), None
         while status == _FULL:
             wait = deadline.slice()
             if wait is None:
                 break
-            status, n = self._call(ray, actor.put_wait.remote(datas[done:], wait))
+            token = _token()
+            status, n = yield actor.put_wait.remote(datas[done:], wait, token), token
             done += n
         if status == _OK:
             return
@@ -309,36 +337,74 @@ class RayQueue:
         err.put_count = done
         raise err
 
-    def _get(self, max_items, block, timeout):
-        ray = self._ray()
+    def _get_calls(self, max_items, block, timeout):
         actor = self._actor
         deadline = _Deadline(seconds(timeout, block))
-        ref = actor.get.remote(max_items)
-        while True:
-            try:
-                out = self._call(ray, ref)
-            except KeyboardInterrupt:
-                self._give_back(ray, ref)
-                raise
-            if out != _EMPTY:
-                break
+        out = yield actor.get.remote(max_items), None
+        while out == _EMPTY:
             wait = deadline.slice()
             if wait is None:
                 raise Empty
-            ref = actor.get_wait.remote(max_items, wait)
+            token = _token()
+            out = yield actor.get_wait.remote(max_items, wait, token), token
         if out == _SHUT:
             raise ShutDown
         return out
 
-    def _give_back(self, ray, ref):
-        # The interrupted get may still take items (it answers within a
-        # slice): they go back in front.
+    def _run(self, calls):
+        ray = self._ray()
+        ref, token = next(calls)
+        while True:
+            try:
+                answer = self._call(ray, ref)
+            except KeyboardInterrupt:
+                self._abandon(ray, ref, token)
+                raise
+            try:
+                ref, token = calls.send(answer)
+            except StopIteration as done:
+                return done.value
+
+    async def _run_async(self, calls):
+        ray = self._ray()
+        ref, token = next(calls)
+        while True:
+            try:
+                answer = await ref
+            except ray.exceptions.RayActorError as e:
+                raise self._gone(e) from e
+            except asyncio.CancelledError:
+                await _finish_anyway(self._abandon_async(ref, token))
+                raise
+            try:
+                ref, token = calls.send(answer)
+            except StopIteration as done:
+                return done.value
+
+    def _abandon(self, ray, ref, token):
+        # The caller gives up on call `ref` (Ctrl-C): a waiting call is told
+        # to answer now, and what it took goes back in front.
+        actor = self._actor
         try:
+            if token is not None:
+                actor.abort.remote(token)
             out = ray.get(ref, timeout=_SLICE + 10)
         except Exception:
             return
         if isinstance(out, list):
-            self._actor.unget.remote(out)
+            actor.unget.remote(out)
+
+    async def _abandon_async(self, ref, token):
+        # _abandon for a cancelled coroutine (it waits without the loop).
+        actor = self._actor
+        try:
+            if token is not None:
+                actor.abort.remote(token)
+            out = await asyncio.wait_for(_awaited(ref), _SLICE + 10)
+        except Exception:
+            return
+        if isinstance(out, list):
+            actor.unget.remote(out)
 
     # -- the API ----------------------------------------------------------
 
@@ -349,12 +415,12 @@ class RayQueue:
         self._check_open()
         data = self._dumps(obj)
         _portable.check(data, "the item put in a ray queue")
-        self._put([data], block, timeout)
+        self._run(self._put_calls([data], block, timeout))
 
     def get(self, block=True, timeout=None):
         """Remove and return the next item; queue.Empty when none comes in
         time, ShutDown once a shut-down queue is empty."""
-        return self._loads(self._get(1, block, timeout)[0])
+        return self._loads(self._run(self._get_calls(1, block, timeout))[0])
 
     def put_nowait(self, obj):
         return self.put(obj, False)
@@ -371,7 +437,7 @@ class RayQueue:
         datas = [self._dumps(o) for o in objs]
         for data in datas:
             _portable.check(data, "an item put in a ray queue")
-        self._put(datas, block, timeout)
+        self._run(self._put_calls(datas, block, timeout))
 
     def get_many(self, max_items=None, block=True, timeout=None):
         """Wait like get() for the first item, then take what else is there,
@@ -379,7 +445,34 @@ class RayQueue:
         if max_items is not None and max_items < 1:
             raise ValueError(f"max_items must be at least 1, not {max_items}")
         loads = self._loads
-        return [loads(d) for d in self._get(max_items, block, timeout)]
+        return [loads(d) for d in self._run(self._get_calls(max_items, block, timeout))]
+
+    # -- for coroutines (the local queues' names; Ray's queue has the first two)
+
+    async def get_async(self, timeout=None):
+        """``get()`` for coroutines: the next item, awaited without blocking
+        the event loop; queue.Empty once `timeout` seconds pass (None: wait
+        for ever). Cancelled, it has taken nothing: a waiting call is told
+        to stop, and what it took goes back in front."""
+        datas = await self._run_async(self._get_calls(1, True, timeout))
+        return self._loads(datas[0])
+
+    async def get_many_async(self, max_items=None, timeout=None):
+        """``get_many()`` for coroutines (one actor call for all)."""
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items}")
+        loads = self._loads
+        return [loads(d) for d in await self._run_async(
+            self._get_calls(max_items, True, timeout))]
+
+    async def put_async(self, obj, timeout=None):
+        """``put()`` for coroutines: waits for room without blocking the
+        event loop; queue.Full once `timeout` seconds pass. Cancelled, it
+        has put the item or not, and puts nothing afterwards."""
+        self._check_open()
+        data = self._dumps(obj)
+        _portable.check(data, "the item put in a ray queue")
+        await self._run_async(self._put_calls([data], True, timeout))
 
     def qsize(self):
         """Items in the queue now (exact, as the actor counts them)."""
@@ -504,6 +597,29 @@ class RayJoinableQueue(RayQueue):
                 return True
             if wait is None:
                 return False
+
+
+# Tokens name waiting calls (for abort): this process's random prefix and a count.
+_tokens = itertools.count()
+_token_prefix = uuid.uuid4().hex
+
+
+def _token():
+    return f"{_token_prefix}-{next(_tokens)}"
+
+
+async def _awaited(ref):
+    return await ref
+
+
+async def _finish_anyway(coro):
+    """Run `coro` to its end even if the awaiting coroutine is cancelled
+    again meanwhile (it then goes on as a task)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        pass
 
 
 class _Deadline:
