@@ -34,8 +34,12 @@ Facts this module is built on
 - A caller that dies while the answer to its ``get`` is on its way loses
   those items (the killed process's own in-flight message, as for the local
   backends); items whose ``put`` returned are never lost while the actor
-  lives. Ctrl-C during a waiting ``get`` waits for the call's answer (at
-  most a slice) and puts the items it took back at the front of the queue.
+  lives. Ctrl-C during a ``get``, or a cancelled ``get_async``, tells the
+  actor to end the waiting call (each carries a token for that), waits for
+  its answer and puts the items it took back at the front of the queue.
+- Coroutines await the same calls (Ray object refs are awaitable): the
+  series of calls of a put or get is written once, as a generator that
+  the blocking and the awaiting driver both run.
 """
 
 import asyncio
