@@ -82,8 +82,14 @@ TARGETS = [
      "at_least": 1.0},
     {"checks": EXECUTOR, "case": "executor-map", "mpx": "mpx.futures.ProcessPoolExecutor",
      "peer": "mp.ProcessPoolExecutor", "at_least": 3.0},
+    # Given an mpx context, the stdlib's executor takes only its result queue
+    # from mpx (its call queue is the stdlib's pipe and feeder thread, whatever
+    # the context), so its speed is the stdlib's: measured 0.8-1.45x run to
+    # run, 0.92-1.01x in four alternating pairs in one process. The target
+    # guards against mpx making it slower, within that noise (as the kernel
+    # queues' does).
     {"checks": EXECUTOR, "case": "executor-map", "mpx": "mp.ProcessPoolExecutor(mpx context)",
-     "peer": "mp.ProcessPoolExecutor", "at_least": 1.0},
+     "peer": "mp.ProcessPoolExecutor", "at_least": 1 / 1.2},
     {"checks": ASYNCIO, "case": "aio-roundtrip", "mpx": "mpx.Queue[shm] awaited",
      "peer": "mp.Queue+run_in_executor", "at_least": 4.0},
     {"checks": ASYNCIO, "case": "aio-roundtrip", "mpx": "mpx.Queue[shm] awaited",
