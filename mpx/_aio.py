@@ -130,17 +130,21 @@ class _FdWaiters:
             return
         self._disarm()
         del self.registry[self.key]
-        _waited[self.key] -= 1
-        if not _waited[self.key]:
-            del _waited[self.key]
+        with _waited_lock:
+            if _waited[self.key] == 1:
+                del _waited[self.key]
+            else:
+                _waited[self.key] -= 1
         os.close(self.fd)
 
 
 # loop -> {id(object): _FdWaiters}; an entry lives while coroutines wait, and
 # they hold the object, so its id cannot be reused meanwhile.
 _fd_waiters = weakref.WeakKeyDictionary()
-# id(object) -> how many loops have such an entry (what _nobody_waits reads).
+# id(object) -> how many loops have such an entry (what _nobody_waits reads;
+# loops of several threads change it, under the lock).
 _waited = {}
+_waited_lock = threading.Lock()
 
 
 async def _wait_fd(obj, fd, timeout):
@@ -152,7 +156,8 @@ async def _wait_fd(obj, fd, timeout):
     group = registry.get(key)
     if group is None:
         group = registry[key] = _FdWaiters(registry, key, loop, fd)
-        _waited[key] = _waited.get(key, 0) + 1
+        with _waited_lock:
+            _waited[key] = _waited.get(key, 0) + 1
     await _until_woken(loop, group.add(), timeout, group.discard)
 
 
