@@ -482,3 +482,18 @@ def test_abort_ends_a_waiting_call_at_once(ray):
     from mpx.backends.ray._queue import _EMPTY
     assert ray.get(ref, timeout=10) == _EMPTY
     q.close()
+
+
+def test_a_queue_removed_while_a_coroutine_awaits_it_raises_connection_error(ray):
+    import asyncio
+    q = mpx.Queue(backend="ray", name=f"gone-{time.monotonic_ns()}")
+
+    async def main():
+        waiting = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.3)
+        q.unlink()
+        with pytest.raises(ConnectionError, match="is gone"):
+            await waiting
+
+    run_loop(main(), "asyncio")
+    q.close()
