@@ -363,7 +363,12 @@ class AsyncQueueMixin(AsyncIterMixin):
         the event loop; queue.Empty once `timeout` seconds pass (None: wait
         for ever). Cancelled, it has taken nothing."""
         deadline = None if timeout is None else _deadline(timeout)
-        item = self._aio_get_or(_NOTHING)
+        try:
+            # (Empty still comes from a watched queue's general path, or
+            # when another consumer took the item between look and take.)
+            item = self._aio_get_or(_NOTHING)
+        except _queue.Empty:
+            item = _NOTHING
         if item is not _NOTHING:
             return item
         if _nobody_waits(self):
