@@ -156,9 +156,12 @@ async def _wait_fd(obj, fd, timeout):
     group = registry.get(key)
     if group is None:
         group = registry[key] = _FdWaiters(registry, key, loop, fd)
+        fut = group.add()            # (raises if the loop cannot watch fds)
         with _waited_lock:
             _waited[key] = _waited.get(key, 0) + 1
-    await _until_woken(loop, group.add(), timeout, group.discard)
+    else:
+        fut = group.add()
+    await _until_woken(loop, fut, timeout, group.discard)
 
 
 async def _until_woken(loop, fut, timeout, leave):

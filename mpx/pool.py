@@ -1367,6 +1367,8 @@ class _Core:
 
     def _reap(self):
         with self.lock:
+            if self.terminated:
+                return               # terminate() owns (and closes) them
             ended = [p for p in self.exiting if not _running(p)]
             self.exiting = [p for p in self.exiting if p not in ended]
         for p in ended:
@@ -1662,8 +1664,8 @@ def _join(p, timeout=None):
     meanwhile (it reaps workers that exited); closed means joined."""
     try:
         p.join(timeout)
-    except ValueError:
-        pass
+    except (ValueError, AssertionError, AttributeError):
+        pass       # closed between join's checks
 
 
 def _kill(p):

@@ -152,6 +152,8 @@ class _QueueServer:
         with self._changed:
             deadline = time.monotonic() + wait
             done = 0
+            if self._aborted.pop(token, None) is not None:
+                return _FULL, 0          # given up before it started
             while True:
                 status, n = self._put_locked(items[done:] if done else items)
                 done += n
@@ -161,6 +163,8 @@ class _QueueServer:
     def get_wait(self, max_items, wait, token):
         with self._changed:
             deadline = time.monotonic() + wait
+            if self._aborted.pop(token, None) is not None:
+                return _EMPTY            # given up before it started
             while True:
                 out = self._get_locked(max_items)
                 if out != _EMPTY or not self._sleep(deadline, token):
@@ -393,10 +397,11 @@ class RayQueue(AsyncIterMixin):
             if token is not None:
                 actor.abort.remote(token)
             out = ray.get(ref, timeout=_SLICE + 10)
+            if isinstance(out, list):
+                # Waited for: the program may exit right after Ctrl-C.
+                ray.get(actor.unget.remote(out), timeout=10)
         except Exception:
             return
-        if isinstance(out, list):
-            actor.unget.remote(out)
 
     async def _abandon_async(self, ref, token):
         # _abandon for a cancelled coroutine (it waits without the loop).
