@@ -122,6 +122,28 @@ def test_ctrl_c_during_a_get_gives_back_what_the_call_took():
     q.close()
 
 
+@pytest.mark.parametrize("how", ["blocking", "awaited"])
+def test_abandoning_a_call_that_took_items_puts_them_back_in_order(ray, how):
+    # What Ctrl-C and cancellation do once the waiting call has answered
+    # with items (the abort came too late): they go back in front, in order,
+    # before _abandon returns, and the stale abort harms no later call.
+    import asyncio
+    q = mpx.Queue(backend="ray")
+    q.put_many(["a", "b", "c"])
+    ref = q._actor.get_wait.remote(2, 5.0, "late")
+    ready, _ = ray.wait([ref], timeout=10)
+    assert ready                     # it took "a" and "b"
+    if how == "blocking":
+        q._abandon(ray, ref, "late")
+    else:
+        asyncio.run(q._abandon_async(ref, "late"))
+    assert q.qsize() == 3
+    assert q.get_many(timeout=5) == ["a", "b", "c"]
+    q.put("d")
+    assert q.get(timeout=5) == "d"
+    q.close()
+
+
 def test_none_timeout_waits_for_a_task(ray):
     q = mpx.Queue(backend="ray")
     ref = remote(ray, ray_tasks.put_later).remote(q, 0.5, "late")
@@ -452,20 +474,18 @@ def test_wait_for_times_out_and_a_cancelled_put_puts_nothing_later(ray):
     q = mpx.Queue(1, backend="ray")
     q.put("first")
 
+    empty = mpx.Queue(backend="ray")   # made here: not inside the 0.3 s
+
     async def main():
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(q.put_async("second"), 0.3)
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(_get_from_empty(), 0.3)
-
-    async def _get_from_empty():
-        q2 = mpx.Queue(backend="ray")
-        try:
-            return await q2.get_async()
-        finally:
-            q2.close()
+            await asyncio.wait_for(empty.get_async(), 0.3)
 
     run_loop(main(), "asyncio")
+    empty.put("x")
+    assert empty.get(timeout=10) == "x"   # the cancelled get took nothing
+    empty.close()
     assert q.get(timeout=10) == "first"
     time.sleep(1.5)                 # longer than a waiting call's slice
     assert q.qsize() == 0           # the cancelled put did not go in later

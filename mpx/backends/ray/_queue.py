@@ -132,8 +132,13 @@ class _QueueServer:
         abort that comes after its call answered is forgotten in a while."""
         with self._changed:
             now = time.monotonic()
-            for old in [t for t, when in self._aborted.items() if now - when > _FORGET]:
-                del self._aborted[old]
+            # Tokens are unique, so insertion order is age order: the
+            # stale ones are at the front.
+            while self._aborted:
+                oldest, when = next(iter(self._aborted.items()))
+                if now - when <= _FORGET:
+                    break
+                del self._aborted[oldest]
             self._aborted[token] = now
             self._changed.notify_all()
 
@@ -410,10 +415,11 @@ class RayQueue(AsyncIterMixin):
             if token is not None:
                 actor.abort.remote(token)
             out = await asyncio.wait_for(_awaited(ref), _SLICE + 10)
+            if isinstance(out, list):
+                # Back in the queue before the cancellation is seen.
+                await asyncio.wait_for(_awaited(actor.unget.remote(out)), 10)
         except Exception:
             return
-        if isinstance(out, list):
-            actor.unget.remote(out)
 
     # -- the API ----------------------------------------------------------
 
@@ -621,10 +627,17 @@ async def _awaited(ref):
     return await ref
 
 
+# Tasks of _finish_anyway still running: the loop keeps only weak
+# references to tasks, and one whose canceller gave up must still finish.
+_finishing = set()
+
+
 async def _finish_anyway(coro):
     """Run `coro` to its end even if the awaiting coroutine is cancelled
     again meanwhile (it then goes on as a task)."""
     task = asyncio.ensure_future(coro)
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
