@@ -177,6 +177,83 @@ def test_across_processes(family, backend):
         out.close()
 
 
+WATCHABLE = [fb for fb in QUEUES if fb[1] in ("shm", "pipe")]
+
+
+@pytest.mark.parametrize("family,backend", WATCHABLE)
+def test_get_async_on_a_watched_queue(family, backend):
+    # Once someone holds the read end's descriptor (q._reader.fileno(), as
+    # code written for the stdlib queue does), takes go the general way,
+    # whose first look raises Empty: the awaited get must wait, not fail.
+    q = make(family, backend)
+    try:
+        assert q._reader.fileno() >= 0
+
+        async def main():
+            with pytest.raises(queue.Empty):
+                await q.get_async(timeout=0.05)
+            threading.Timer(0.1, sync_put, (q, "late")).start()
+            late = await q.get_async(timeout=T)
+            for i in range(3):
+                sync_put(q, i)
+            return late, [await q.get_async(timeout=T) for _ in range(3)]
+
+        assert run(main(), "asyncio") == ("late", [0, 1, 2])
+    finally:
+        dispose(q)
+
+
+def _child_takes_until_none(q, out):
+    got = []
+    while True:
+        item = blocking_get(q)
+        if item is None:
+            break
+        got.append(item)
+    out.put(got)
+
+
+@pytest.mark.parametrize("family,backend", QUEUES)
+def test_an_awaited_get_and_a_consumer_in_another_process_share_a_queue(family, backend):
+    # Two consumers race for each item (the other one may take it between
+    # the coroutine's look and its take): each item is taken exactly once.
+    ctx = mpx.get_context("fork")
+    q = make(family, backend)
+    out = mpx.SimpleQueue()
+    n = 300
+    try:
+        child = ctx.Process(target=_child_takes_until_none, args=(q, out))
+        child.start()
+
+        def produce():
+            for i in range(n):
+                q.put(i)
+                if i % 10 == 0:
+                    time.sleep(0.001)
+            q.put(None)
+            q.put(None)
+
+        async def consume():
+            got = []
+            while True:
+                item = await q.get_async(timeout=T)
+                if item is None:
+                    return got
+                got.append(item)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        mine = run(consume(), "asyncio")
+        producer.join(T)
+        theirs = out.get(timeout=T)
+        join_all([child])
+        assert sorted(mine + theirs) == list(range(n))
+        assert mine == sorted(mine) and theirs == sorted(theirs)   # FIFO each
+    finally:
+        dispose(q)
+        out.close()
+
+
 @pytest.mark.parametrize("family,backend", QUEUES)
 def test_get_many_async(family, backend):
     q = make(family, backend)
