@@ -191,7 +191,7 @@ cdef extern from *:
         _Alignas(64) uint64_t head;   /* packed: messages taken, start byte position, SHUT|WAIT */
         /* line 3: task accounting and words the policy layer may use */
         _Alignas(64) uint32_t acked;  /* tasks acknowledged (task_done) mod 2^28, bit 31 = joiners wait */
-        uint32_t aux[15];             /* free words for the policy layer (atomics/futex) */
+        uint32_t aux[15];             /* 0-13: free words for the policy layer (atomics/futex); 14: the ring's (the core of the last reader of a large message, +1) */
         /* lines 4-5: producer lock and the state it guards */
         _Alignas(64) pthread_mutex_t prod_lock;  /* robust mutex of the producers */
         uint64_t ovf_next;            /* next free file offset for a spill extent */
@@ -294,7 +294,7 @@ cdef extern from *:
         uint64_t tail               # packed count/position/flags, producers publish
         uint64_t head               # packed count/position/flags, consumers publish
         uint32_t acked              # tasks acknowledged mod 2^28, bit 31 = joiners wait
-        uint32_t aux[15]            # free words for the policy layer
+        uint32_t aux[15]            # 0-13 the policy layer's, 14 the ring's (reader's core)
         pthread_mutex_t prod_lock   # robust mutex of the producers
         uint64_t ovf_next           # next free file offset for a spill extent
         uint64_t ovf_pending_off    # spill extent being filled by the producer-lock holder

@@ -477,15 +477,41 @@ def test_ack_counts_against_puts():
     r.close()
 
 
+@pytest.mark.parametrize("size", [256 << 10, (256 << 10) + 1, 300_001, (1 << 20) + 13])
+@pytest.mark.parametrize("offset", [0, 8, 40, 1000])
+def test_large_messages_streamed_to_the_reader_arrive_intact(size, offset):
+    # A ring whose reader has taken no large message yet streams the next
+    # one (non-temporal stores, see mpx_copy_for_reader): every size, every
+    # alignment of its start, and a message split by the ring's wrap-around
+    # (the small first message moves where the large one starts).
+    r = new_ring(2 << 20)
+    reader = twin(r)
+    try:
+        for lap in range(3):
+            if offset:
+                r.put(b"f" * offset)
+                assert reader.get(False) == b"f" * offset
+            data = random.Random(size + offset + lap).randbytes(size)
+            r.put(data)
+            got = reader.get(False)
+            assert len(got) == size and got == data
+            r.put([b"x", data[:size // 3], data], 7)     # several parts
+            assert reader.get(False) == (7, [b"x", data[:size // 3], data])
+    finally:
+        reader.close()
+        r.close()
+
+
 def test_aux_words():
     r = new_ring()
     assert r.aux_load(0) == 0
     assert r.aux_add(0, 5) == 0 and r.aux_load(0) == 5
     assert r.aux_cas(0, 5, 7) and not r.aux_cas(0, 5, 9)
-    r.aux_store(14, 3)
-    assert r.aux_load(14) == 3
-    with pytest.raises(IndexError):
-        r.aux_load(15)
+    r.aux_store(13, 3)
+    assert r.aux_load(13) == 3
+    for outside in (14, 15, -1):      # 14 is the ring's own (the reader's core)
+        with pytest.raises(IndexError):
+            r.aux_load(outside)
     assert not r.aux_wait(1, 0, timeout=0.02)
     th = threading.Timer(0.05, lambda: (r.aux_store(1, 1), r.aux_wake(1)))
     th.start()
